@@ -1,0 +1,5 @@
+import sys
+
+from split_infer.cli import main
+
+sys.exit(main())

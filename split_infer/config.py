@@ -1,0 +1,113 @@
+"""One typed configuration for every camera and service (Frigate style: unknown keys are errors).
+
+The same YAML file configures an edge node's cameras and the analytics that read them, so a
+line drawn for a camera lives next to that camera's URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Classes that traffic analytics count (COCO names).
+TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LineConfig(Strict):
+    """A counting line in original-frame pixels; 'in' is the side on the left of a -> b."""
+
+    name: str
+    a: tuple[float, float]
+    b: tuple[float, float]
+    classes: list[str] = Field(default_factory=lambda: list(TRAFFIC_CLASSES))
+
+
+class ZoneConfig(Strict):
+    """A polygon zone in original-frame pixels; an object is inside by its box's bottom centre."""
+
+    name: str
+    polygon: list[tuple[float, float]]
+    classes: list[str] = Field(default_factory=lambda: list(TRAFFIC_CLASSES))
+
+    @field_validator("polygon")
+    @classmethod
+    def _at_least_triangle(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if len(v) < 3:
+            raise ValueError("a zone polygon needs at least three points")
+        return v
+
+
+class CameraConfig(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str  # rtsp://, http(s)://, a file path, or a device index such as "0"
+    fps: float | None = Field(default=None, gt=0)  # cap; None = as fast as the model allows
+    loop: bool = False  # replay a file source forever (demo feeds)
+    snapshot_interval_s: float = Field(default=2.0, gt=0)
+    lines: list[LineConfig] = Field(default_factory=list)
+    zones: list[ZoneConfig] = Field(default_factory=list)
+
+
+class ModelConfig(Strict):
+    name: str = "yolov5s"
+    cut: int = Field(default=4, ge=0)
+    imgsz: tuple[int, int] = (640, 384)  # width, height; multiples of 32
+    conf: float = Field(default=0.25, ge=0, le=1)
+    iou: float = Field(default=0.45, ge=0, le=1)
+
+    @field_validator("imgsz")
+    @classmethod
+    def _stride_multiple(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] % 32 or v[1] % 32 or min(v) <= 0:
+            raise ValueError(f"imgsz {v} must be positive multiples of 32")
+        return v
+
+
+class EdgeConfig(Strict):
+    node_id: str = "edge-0"
+    cloud: str = "127.0.0.1:50051"  # ingest address host:port
+    token: str | None = None  # shared secret the ingest checks
+    model_dir: Path | None = None  # exported edge IR (split-infer export); None = default cache
+    device: str = "AUTO"  # OpenVINO device string
+    codec: str = "q8-zstd"
+    buffer_frames: int = Field(default=64, ge=1)  # frames kept while the cloud is unreachable
+    inflight_frames: int = Field(default=16, ge=1)  # gRPC window
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, v: list[CameraConfig]) -> list[CameraConfig]:
+        ids = [c.id for c in v]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"camera ids must be unique, got {ids}")
+        return v
+
+
+class CloudConfig(Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    listen: str = "127.0.0.1:50051"
+    tokens: list[str] = Field(default_factory=list)  # accepted edge tokens; empty = no auth
+    cameras: list[CameraConfig] = Field(default_factory=list)  # known cameras (and their analytics)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    head_runtime: Literal["auto", "torch", "openvino"] = "auto"
+    max_queue: int = Field(default=2000, ge=1)  # per-camera stream length before push-back
+    latency_slo_ms: float = Field(default=200.0, gt=0)
+
+
+def load_yaml(path: str | Path, kind: type[Strict]) -> Strict:
+    """Read a YAML file into a config model, with the file name in any error."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SystemExit(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise SystemExit(f"{path}: not valid YAML: {e}") from None
+    return kind.model_validate(data)

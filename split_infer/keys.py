@@ -1,0 +1,50 @@
+"""Redis key layout, in one place, for every service that reads or writes Redis.
+
+Streams hold the data; hashes hold the latest state; pub/sub carries live updates.
+"""
+
+PREFIX = "si"
+
+# Feature frames from the ingest, one stream per camera, read by the workers' consumer group.
+def frames_stream(camera: str) -> str:
+    return f"{PREFIX}:frames:{camera}"
+
+
+FRAMES_GROUP = "workers"
+
+# Detection records, one stream per camera; entries carry fields `camera`, `seq`, `capture_ts`,
+# `done_ts`, `width`, `height` and `detections` (JSON list of {class_id, class_name, score, box}).
+def detections_stream(camera: str) -> str:
+    return f"{PREFIX}:detections:{camera}"
+
+
+# Idempotence: the set of (camera, seq) pairs already written, so a redelivered frame adds nothing.
+def done_key(camera: str) -> str:
+    return f"{PREFIX}:done:{camera}"
+
+
+ANALYTICS_GROUP = "analytics"
+
+# Live detections and analytics events for dashboards (pub/sub channels).
+LIVE_DETECTIONS = f"{PREFIX}:live:detections"
+LIVE_EVENTS = f"{PREFIX}:live:events"
+
+# Per-camera state hash written by the ingest (online, fps, bytes, last frame time...).
+def camera_state(camera: str) -> str:
+    return f"{PREFIX}:camera:{camera}"
+
+
+CAMERAS_SET = f"{PREFIX}:cameras"
+
+# Latest JPEG thumbnail per camera (bytes), sent by the edge now and then.
+def snapshot_key(camera: str) -> str:
+    return f"{PREFIX}:snapshot:{camera}"
+
+
+# Analytics output.
+def events_stream(camera: str) -> str:
+    return f"{PREFIX}:events:{camera}"
+
+
+def counts_key(camera: str) -> str:
+    return f"{PREFIX}:counts:{camera}"
