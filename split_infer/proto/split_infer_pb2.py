@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11split_infer.proto\x12\rsplitinfer.v1\"\xa4\x02\n\x0c\x46\x65\x61tureFrame\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\ncapture_ts\x18\x03 \x01(\x01\x12\x0f\n\x07sent_ts\x18\x04 \x01(\x01\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x15\n\rsnapshot_jpeg\x18\x08 \x01(\x0c\x12>\n\ntimings_ms\x18\t \x03(\x0b\x32*.splitinfer.v1.FeatureFrame.TimingsMsEntry\x12\x16\n\x0e\x64ropped_before\x18\n \x01(\x04\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb4\x01\n\x03\x41\x63k\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.splitinfer.v1.Ack.Status\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x18\n\x10key_frame_needed\x18\x06 \x01(\x08\")\n\x06Status\x12\x06\n\x02OK\x10\x00\x12\x0c\n\x08REJECTED\x10\x01\x12\t\n\x05RETRY\x10\x02\x32\x87\x01\n\rFeatureIngest\x12=\n\x06Stream\x12\x1b.splitinfer.v1.FeatureFrame\x1a\x12.splitinfer.v1.Ack(\x01\x30\x01\x12\x37\n\x04Send\x12\x1b.splitinfer.v1.FeatureFrame\x1a\x12.splitinfer.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11split_infer.proto\x12\rsplitinfer.v1\"\xb5\x02\n\x0c\x46\x65\x61tureFrame\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\ncapture_ts\x18\x03 \x01(\x01\x12\x0f\n\x07sent_ts\x18\x04 \x01(\x01\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\r\n\x05width\x18\x06 \x01(\r\x12\x0e\n\x06height\x18\x07 \x01(\r\x12\x15\n\rsnapshot_jpeg\x18\x08 \x01(\x0c\x12>\n\ntimings_ms\x18\t \x03(\x0b\x32*.splitinfer.v1.FeatureFrame.TimingsMsEntry\x12\x16\n\x0e\x64ropped_before\x18\n \x01(\x04\x12\x0f\n\x07session\x18\x0b \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xb4\x01\n\x03\x41\x63k\x12\x11\n\tcamera_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.splitinfer.v1.Ack.Status\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x18\n\x10key_frame_needed\x18\x06 \x01(\x08\")\n\x06Status\x12\x06\n\x02OK\x10\x00\x12\x0c\n\x08REJECTED\x10\x01\x12\t\n\x05RETRY\x10\x02\x32\x87\x01\n\rFeatureIngest\x12=\n\x06Stream\x12\x1b.splitinfer.v1.FeatureFrame\x1a\x12.splitinfer.v1.Ack(\x01\x30\x01\x12\x37\n\x04Send\x12\x1b.splitinfer.v1.FeatureFrame\x1a\x12.splitinfer.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREFRAME_TIMINGSMSENTRY']._loaded_options = None
   _globals['_FEATUREFRAME_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_FEATUREFRAME']._serialized_start=37
-  _globals['_FEATUREFRAME']._serialized_end=329
-  _globals['_FEATUREFRAME_TIMINGSMSENTRY']._serialized_start=281
-  _globals['_FEATUREFRAME_TIMINGSMSENTRY']._serialized_end=329
-  _globals['_ACK']._serialized_start=332
-  _globals['_ACK']._serialized_end=512
-  _globals['_ACK_STATUS']._serialized_start=471
-  _globals['_ACK_STATUS']._serialized_end=512
-  _globals['_FEATUREINGEST']._serialized_start=515
-  _globals['_FEATUREINGEST']._serialized_end=650
+  _globals['_FEATUREFRAME']._serialized_end=346
+  _globals['_FEATUREFRAME_TIMINGSMSENTRY']._serialized_start=298
+  _globals['_FEATUREFRAME_TIMINGSMSENTRY']._serialized_end=346
+  _globals['_ACK']._serialized_start=349
+  _globals['_ACK']._serialized_end=529
+  _globals['_ACK_STATUS']._serialized_start=488
+  _globals['_ACK_STATUS']._serialized_end=529
+  _globals['_FEATUREINGEST']._serialized_start=532
+  _globals['_FEATUREINGEST']._serialized_end=667
 # @@protoc_insertion_point(module_scope)

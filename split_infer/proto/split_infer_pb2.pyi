@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FeatureFrame(_message.Message):
-    __slots__ = ("camera_id", "seq", "capture_ts", "sent_ts", "payload", "width", "height", "snapshot_jpeg", "timings_ms", "dropped_before")
+    __slots__ = ("camera_id", "seq", "capture_ts", "sent_ts", "payload", "width", "height", "snapshot_jpeg", "timings_ms", "dropped_before", "session")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class FeatureFrame(_message.Message):
     SNAPSHOT_JPEG_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     seq: int
     capture_ts: float
@@ -36,7 +37,8 @@ class FeatureFrame(_message.Message):
     snapshot_jpeg: bytes
     timings_ms: _containers.ScalarMap[str, float]
     dropped_before: int
-    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts: _Optional[float] = ..., sent_ts: _Optional[float] = ..., payload: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., snapshot_jpeg: _Optional[bytes] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., dropped_before: _Optional[int] = ...) -> None: ...
+    session: str
+    def __init__(self, camera_id: _Optional[str] = ..., seq: _Optional[int] = ..., capture_ts: _Optional[float] = ..., sent_ts: _Optional[float] = ..., payload: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., snapshot_jpeg: _Optional[bytes] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., dropped_before: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("camera_id", "seq", "status", "error", "credit", "key_frame_needed")
