@@ -1,9 +1,14 @@
 """Redis key layout, in one place, for every service that reads or writes Redis.
 
 Streams hold the data; hashes hold the latest state; pub/sub carries live updates.
+Every key starts with PREFIX (env SPLIT_INFER_PREFIX, or `set_prefix`), so tests and several
+deployments can share one Redis. Read constants as `keys.CAMERAS_SET` (not `from keys import`)
+so that a changed prefix is seen.
 """
 
-PREFIX = "si"
+import os
+
+PREFIX = os.environ.get("SPLIT_INFER_PREFIX", "si")
 
 # Feature frames from the ingest, one stream per camera, read by the workers' consumer group.
 def frames_stream(camera: str) -> str:
@@ -48,3 +53,12 @@ def events_stream(camera: str) -> str:
 
 def counts_key(camera: str) -> str:
     return f"{PREFIX}:counts:{camera}"
+
+
+def set_prefix(prefix: str) -> None:
+    """Move every key to another namespace; the module-level names below follow it."""
+    global PREFIX, LIVE_DETECTIONS, LIVE_EVENTS, CAMERAS_SET
+    PREFIX = prefix
+    LIVE_DETECTIONS = f"{PREFIX}:live:detections"
+    LIVE_EVENTS = f"{PREFIX}:live:events"
+    CAMERAS_SET = f"{PREFIX}:cameras"
