@@ -62,3 +62,14 @@ def set_prefix(prefix: str) -> None:
     LIVE_DETECTIONS = f"{PREFIX}:live:detections"
     LIVE_EVENTS = f"{PREFIX}:live:events"
     CAMERAS_SET = f"{PREFIX}:cameras"
+
+
+# Analytics bookkeeping (docs/analytics.md): the per-camera checkpoint that makes a restart
+# resume exactly (tracker, line sides, zone occupants, aggregates, last seq), and the lease that
+# gives one analytics instance at a time a camera (tracking needs every frame in one process).
+def analytics_state_key(camera: str) -> str:
+    return f"{PREFIX}:analytics:state:{camera}"
+
+
+def analytics_owner_key(camera: str) -> str:
+    return f"{PREFIX}:analytics:owner:{camera}"
