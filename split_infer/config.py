@@ -90,6 +90,35 @@ class EdgeConfig(Strict):
         return v
 
 
+class IngestSettings(Strict):
+    """Limits and flow control of the cloud ingest (split_infer.cloud.ingest)."""
+
+    max_payload_bytes: int = Field(default=8 << 20, gt=0)  # one frame's feature payload
+    max_snapshot_bytes: int = Field(default=512 << 10, ge=0)
+    max_dim: int = Field(default=16384, gt=0)  # original frame width/height bound
+    credit_window: int = Field(default=16, ge=1)  # credit granted while the queue is shallow
+    camera_timeout_s: float = Field(default=5.0, gt=0)  # no frame for this long: camera offline
+    # Codec the ingest re-encodes stateful (temporal) frames into so that the queue holds only
+    # self-contained frames; stateless payloads pass through unchanged.
+    queue_codec: str = "q8-zstd"
+    # Expected per-frame feature shapes without the batch axis, e.g. {"x4": [128, 48, 80]};
+    # None: derived from `model` (name, cut, imgsz) at start-up.
+    feature_shapes: dict[str, list[int]] | None = None
+
+
+class WorkerSettings(Strict):
+    """Consumer-group behaviour of the cloud workers (split_infer.cloud.worker)."""
+
+    max_batch: int = Field(default=8, ge=1)
+    block_ms: int = Field(default=200, ge=1)  # XREADGROUP wait when the queue is empty
+    claim_idle_ms: int = Field(default=15000, ge=1)  # pending this long: its worker is presumed dead
+    claim_interval_s: float = Field(default=2.0, gt=0)
+    max_deliveries: int = Field(default=5, ge=1)  # then the frame goes to the dead-letter stream
+    done_ttl_s: int = Field(default=3600, ge=1)  # how long (camera, session, seq) stays deduplicated
+    detections_maxlen: int = Field(default=100_000, ge=1)  # approximate cap per detections stream
+    streams_refresh_s: float = Field(default=2.0, gt=0)  # how often new cameras are discovered
+
+
 class CloudConfig(Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     listen: str = "127.0.0.1:50051"
@@ -99,6 +128,8 @@ class CloudConfig(Strict):
     head_runtime: Literal["auto", "torch", "openvino"] = "auto"
     max_queue: int = Field(default=2000, ge=1)  # per-camera stream length before push-back
     latency_slo_ms: float = Field(default=200.0, gt=0)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
 
 def load_yaml(path: str | Path, kind: type[Strict]) -> Strict:

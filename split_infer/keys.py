@@ -11,21 +11,30 @@ import os
 PREFIX = os.environ.get("SPLIT_INFER_PREFIX", "si")
 
 # Feature frames from the ingest, one stream per camera, read by the workers' consumer group.
+# Entries are self-contained (no codec state needed): fields `camera`, `session`, `seq`,
+# `capture_ts`, `sent_ts`, `ingest_ts`, `width`, `height`, `payload` (codec wire format),
+# `timings` (JSON of edge stage ms), `dropped_before`. Workers XACK and XDEL an entry once its
+# detections are written, so XLEN is the queue depth (unread + in flight).
 def frames_stream(camera: str) -> str:
     return f"{PREFIX}:frames:{camera}"
 
 
 FRAMES_GROUP = "workers"
 
-# Detection records, one stream per camera; entries carry fields `camera`, `seq`, `capture_ts`,
+# Detection records, one stream per camera; entries carry fields `camera`, `session`, `seq`, `capture_ts`,
 # `done_ts`, `width`, `height` and `detections` (JSON list of {class_id, class_name, score, box}).
 def detections_stream(camera: str) -> str:
     return f"{PREFIX}:detections:{camera}"
 
 
-# Idempotence: the set of (camera, seq) pairs already written, so a redelivered frame adds nothing.
-def done_key(camera: str) -> str:
-    return f"{PREFIX}:done:{camera}"
+# Idempotence: one short-lived key per (camera, session, seq) already written (SET NX EX), so a
+# redelivered frame adds nothing and memory stays bounded by the TTL.
+def done_key(camera: str, session: str, seq: int) -> str:
+    return f"{PREFIX}:done:{camera}:{session}:{seq}"
+
+
+# Frames a worker could not process (corrupt payload, poison frame), with the reason.
+DEAD_LETTER = f"{PREFIX}:deadletter"
 
 
 ANALYTICS_GROUP = "analytics"
