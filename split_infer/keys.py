@@ -66,8 +66,9 @@ def counts_key(camera: str) -> str:
 
 def set_prefix(prefix: str) -> None:
     """Move every key to another namespace; the module-level names below follow it."""
-    global PREFIX, LIVE_DETECTIONS, LIVE_EVENTS, CAMERAS_SET
+    global PREFIX, LIVE_DETECTIONS, LIVE_EVENTS, CAMERAS_SET, DEAD_LETTER
     PREFIX = prefix
+    DEAD_LETTER = f"{PREFIX}:deadletter"
     LIVE_DETECTIONS = f"{PREFIX}:live:detections"
     LIVE_EVENTS = f"{PREFIX}:live:events"
     CAMERAS_SET = f"{PREFIX}:cameras"
