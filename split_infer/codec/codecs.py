@@ -1,0 +1,245 @@
+"""Training-free feature codecs: stateless per-frame quantisation and temporal delta coding.
+
+One encoder and one decoder per camera stream. The decoder reads everything it needs from the
+payload header and keeps the reference of stateful streams; it refuses (CodecError) to decode a
+delta frame against anything but the frame right before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from split_infer.codec import quant
+from split_infer.codec.errors import CodecError
+from split_infer.codec.wire import (Q_AFFINE, Q_DELTA, Q_RAW, Q_SYMBOLS, Frame, Limits, TensorRecord,
+                                    pack, unpack)
+
+
+def _check_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if not isinstance(tensors, dict) or not tensors:
+        raise CodecError("encode() takes a non-empty dict of name -> float array")
+    out = {}
+    for name, x in tensors.items():
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or x.ndim < 2:
+            raise CodecError(f"tensor {name!r}: need a float array [N, C, ...], got {x.dtype} {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise CodecError(f"tensor {name!r}: contains NaN or inf")
+        out[name] = np.ascontiguousarray(x, dtype=np.float32)
+    return out
+
+
+class Encoder:
+    """Base: sequence numbers and key-frame requests."""
+
+    codec = ""
+
+    def __init__(self, cut: int | None = None, level: int = 3) -> None:
+        self.cut, self.level, self.seq, self._force_key = cut, level, 0, True
+
+    def request_key_frame(self) -> None:
+        """Make the next frame self-contained (after a gap, on the decoder's request)."""
+        self._force_key = True
+
+    @property
+    def params(self) -> dict:
+        return {}
+
+    def report(self) -> dict:
+        """The setting in use (the bandwidth-adaptive encoder reports what it chose)."""
+        return {"codec": self.codec, **self.params}
+
+    def encode(self, tensors: dict[str, np.ndarray]) -> bytes:
+        try:
+            tensors = _check_tensors(tensors)
+            key = self._force_key or self._wants_key(tensors)
+            records = self._encode(tensors, key)
+            payload = pack(Frame(self.codec, self.seq, key, records, self.params, self.cut), self.level)
+        except Exception:
+            self._force_key = True  # our reference may be half-updated: restart cleanly
+            raise
+        self._force_key = False
+        self.seq += 1
+        self._after(len(payload), key)
+        return payload
+
+    def _wants_key(self, tensors: dict[str, np.ndarray]) -> bool:
+        return False
+
+    def _after(self, nbytes: int, key: bool) -> None:
+        pass
+
+    def _encode(self, tensors: dict[str, np.ndarray], key: bool) -> list[TensorRecord]:
+        raise NotImplementedError
+
+
+class QuantEncoder(Encoder):
+    """Stateless: per-frame, per-channel min/max quantisation to `bits`, zstd. Every frame is a key frame."""
+
+    codec = "q8-zstd"
+
+    def __init__(self, bits: int = 8, **kw) -> None:
+        super().__init__(**kw)
+        if not 2 <= bits <= 8:
+            raise ValueError("bits must be 2..8")
+        self.bits = bits
+
+    @property
+    def params(self) -> dict:
+        return {"bits": self.bits}
+
+    def _wants_key(self, tensors) -> bool:
+        return True
+
+    def _encode(self, tensors, key):
+        recs = []
+        for name, x in tensors.items():
+            scale, offset = quant.affine_params(*quant.channel_range(x), self.bits)
+            codes = quant.quantise(x, scale, offset, self.bits)
+            recs.append(TensorRecord(name, np.dtype("<f4"), x.shape, Q_AFFINE, self.bits, scale, offset,
+                                     codes.tobytes()))
+        return recs
+
+
+@dataclass
+class _Ref:
+    """The reconstruction both ends share for one tensor of a temporal stream."""
+
+    codes: np.ndarray  # uint8, the tensor's shape
+    scale: np.ndarray
+    offset: np.ndarray
+    bits: int
+
+
+class TemporalEncoder(Encoder):
+    """Temporal delta coding with per-channel scales fixed at each key frame.
+
+    Key frame: per-channel scales from the frame's range widened by `headroom`, absolute codes.
+    Delta frame: code difference to the previous *reconstruction*; differences under `deadzone`
+    steps are sent as zero (so the error stays bounded: the decoder's reference is ours).
+    """
+
+    codec = "temporal"
+
+    def __init__(self, bits: int = 8, deadzone: int = 2, key_interval: int = 30, headroom: float = 0.05,
+                 **kw) -> None:
+        super().__init__(**kw)
+        if not 2 <= bits <= 8 or deadzone < 1 or key_interval < 1:
+            raise ValueError("bits 2..8, deadzone >= 1, key_interval >= 1")
+        self.bits, self.deadzone, self.key_interval, self.headroom = bits, deadzone, key_interval, headroom
+        self._refs: dict[str, _Ref] = {}
+        self._since_key = 0
+
+    @property
+    def params(self) -> dict:
+        return {"bits": self.bits, "deadzone": self.deadzone, "key_interval": self.key_interval}
+
+    def _wants_key(self, tensors) -> bool:
+        if self._since_key >= self.key_interval or set(tensors) != set(self._refs):
+            return True
+        return any(self._refs[n].codes.shape != x.shape or self._refs[n].bits != self.bits
+                   for n, x in tensors.items())
+
+    def _after(self, nbytes: int, key: bool) -> None:
+        self._since_key = 1 if key else self._since_key + 1
+
+    def _encode(self, tensors, key):
+        recs = []
+        if key:
+            self._refs = {}
+        for name, x in tensors.items():
+            if key:
+                lo, hi = quant.channel_range(x)
+                pad = (hi - lo) * self.headroom
+                scale, offset = quant.affine_params(lo - pad, hi + pad, self.bits)
+                codes = quant.quantise(x, scale, offset, self.bits)
+                self._refs[name] = _Ref(codes, scale, offset, self.bits)
+                recs.append(TensorRecord(name, np.dtype("<f4"), x.shape, Q_AFFINE, self.bits, scale, offset,
+                                         codes.tobytes()))
+                continue
+            ref = self._refs[name]
+            codes = quant.quantise(x, ref.scale, ref.offset, ref.bits)
+            diff = codes.astype(np.int16)
+            diff -= ref.codes
+            if self.deadzone > 1:
+                diff[np.abs(diff) < self.deadzone] = 0
+            step = diff.astype(np.uint8)  # two's complement wrap: ref + step == new code (mod 256)
+            ref.codes += step
+            if ref.bits < 8:
+                step &= (1 << ref.bits) - 1
+            recs.append(TensorRecord(name, np.dtype("<f4"), x.shape, Q_DELTA, ref.bits, body=step.tobytes()))
+        return recs
+
+
+class Decoder:
+    """Decodes any codec's payloads for one stream; keeps the reference of stateful codecs."""
+
+    def __init__(self, limits: Limits = Limits(), learned_dir: str | None = None) -> None:
+        self.limits, self.learned_dir = limits, learned_dir
+        self._refs: dict[str, _Ref] = {}
+        self._last_seq: int | None = None
+        self._codec: str | None = None
+        self.needs_key_frame = True  # nothing to predict from yet
+        self.last_frame: Frame | None = None  # header of the last decoded frame (codec, seq, params)
+
+    def decode(self, payload: bytes) -> dict[str, np.ndarray]:
+        try:
+            frame = unpack(payload, self.limits)
+            out = self._decode(frame)
+        except CodecError:
+            self.needs_key_frame = True
+            raise
+        except Exception as e:  # never let a hostile payload surface as anything but a CodecError
+            self.needs_key_frame = True
+            raise CodecError(f"undecodable payload: {type(e).__name__}: {e}") from e
+        self._last_seq, self._codec, self.needs_key_frame, self.last_frame = frame.seq, frame.codec, False, frame
+        return out
+
+    def _decode(self, frame: Frame) -> dict[str, np.ndarray]:
+        if frame.codec == "learned":
+            from split_infer.codec.learned import decode_frame  # numpy-only runtime
+
+            if not frame.key:
+                self._check_order(frame)
+            return decode_frame(frame, self)
+        if not frame.key:
+            self._check_order(frame)
+        refs, out = {}, {}
+        for t in frame.tensors:
+            if t.mode == Q_RAW:
+                out[t.name] = np.frombuffer(t.body, t.dtype).reshape(t.shape).copy()
+                continue
+            if t.mode == Q_SYMBOLS:
+                raise CodecError(f"tensor {t.name}: symbol coding belongs to the learned codec")
+            codes = np.frombuffer(t.body, np.uint8).reshape(t.shape)
+            if t.mode == Q_AFFINE:
+                if not frame.key and frame.codec == "temporal":
+                    raise CodecError(f"tensor {t.name}: absolute codes in a delta frame")
+                ref = _Ref(codes.copy(), t.scales, t.offsets, t.bits)
+            else:  # Q_DELTA
+                if frame.key:
+                    raise CodecError(f"tensor {t.name}: delta codes in a key frame")
+                prev = self._refs.get(t.name)
+                if prev is None or prev.codes.shape != t.shape or prev.bits != t.bits:
+                    raise CodecError(f"tensor {t.name}: delta does not match the reference (shape/bits)")
+                new = prev.codes + codes
+                if t.bits < 8:
+                    new &= (1 << t.bits) - 1
+                ref = _Ref(new, prev.scale, prev.offset, t.bits)
+            refs[t.name] = ref
+            out[t.name] = quant.dequantise(ref.codes, ref.scale, ref.offset, t.dtype)
+        if not frame.key and set(refs) != set(self._refs):
+            raise CodecError("delta frame carries a different set of tensors than its reference")
+        self._refs = refs  # commit only after the whole frame decoded
+        return out
+
+    def _check_order(self, frame: Frame) -> None:
+        if self.needs_key_frame or self._last_seq is None:
+            raise CodecError(f"delta frame {frame.seq} but no valid reference: waiting for a key frame")
+        if frame.codec != self._codec:
+            raise CodecError(f"delta frame of codec {frame.codec!r} after a {self._codec!r} reference")
+        if frame.seq != self._last_seq + 1:
+            what = "lost frame(s)" if frame.seq > self._last_seq + 1 else "reordered or repeated frame"
+            raise CodecError(f"{what}: got frame {frame.seq} after {self._last_seq}; waiting for a key frame")
