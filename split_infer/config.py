@@ -49,6 +49,10 @@ class CameraConfig(Strict):
     url: str  # rtsp://, http(s)://, a file path, or a device index such as "0"
     fps: float | None = Field(default=None, gt=0)  # cap; None = as fast as the model allows
     loop: bool = False  # replay a file source forever (demo feeds)
+    # File sources: True paces them at their native frame rate like a live camera (newest frame
+    # wins, the rest are skipped); False yields every frame as fast as the edge takes them
+    # (tests and benchmarks that must process a known set of frames).
+    realtime: bool = True
     snapshot_interval_s: float = Field(default=2.0, gt=0)
     lines: list[LineConfig] = Field(default_factory=list)
     zones: list[ZoneConfig] = Field(default_factory=list)
@@ -78,6 +82,9 @@ class EdgeConfig(Strict):
     codec: str = "q8-zstd"
     buffer_frames: int = Field(default=64, ge=1)  # frames kept while the cloud is unreachable
     inflight_frames: int = Field(default=16, ge=1)  # gRPC window
+    infer_requests: int = Field(default=2, ge=1)  # OpenVINO async requests in flight across cameras
+    metrics_port: int | None = None  # serve Prometheus /metrics here; None = off
+    metrics_addr: str = "127.0.0.1"
     cameras: list[CameraConfig] = Field(default_factory=list)
     model: ModelConfig = Field(default_factory=ModelConfig)
 
