@@ -1,0 +1,149 @@
+"""Export the edge part of a split model to OpenVINO IR, with the metadata the edge runtime needs.
+
+`split-infer export --model yolov5s --cut 4 --imgsz 640x384 [--int8 --calibration VIDEO]` writes
+`edge.xml`/`edge.bin` and `edge.json` (model, cut, input size and normalisation, output names and
+shapes, precision, versions). INT8 is NNCF post-training quantisation on frames of real footage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from split_infer.preprocess import letterbox, parse_imgsz
+from split_infer.weights import cache_dir
+
+META_FILE = "edge.json"
+IR_FILE = "edge.xml"
+FORMAT_VERSION = 1
+
+
+def default_ir_dir(model: str, cut: int, imgsz: tuple[int, int], int8: bool = False) -> Path:
+    tag = f"{Path(model).stem}-cut{cut}-{imgsz[0]}x{imgsz[1]}" + ("-int8" if int8 else "")
+    return cache_dir() / "ir" / tag
+
+
+def video_frames(path: str | Path, count: int, stride: int = 1, start: int = 0) -> list[np.ndarray]:
+    """Up to `count` BGR frames from a video or image, every `stride`-th, from frame `start`."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise FileNotFoundError(f"cannot open video {path}")
+    frames, index = [], 0
+    try:
+        while len(frames) < count:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index >= start and (index - start) % stride == 0:
+                frames.append(frame)
+            index += 1
+    finally:
+        cap.release()
+    if not frames:
+        raise ValueError(f"no frames could be read from {path}")
+    return frames
+
+
+def _to_openvino(edge, imgsz: tuple[int, int]):
+    import openvino as ov
+    import torch
+
+    class _Tuple(torch.nn.Module):  # OpenVINO names outputs by position; we rename them after
+        def __init__(self, part):
+            super().__init__()
+            self.part = part
+
+        def forward(self, x):
+            out = self.part(x)
+            return tuple(out[k] for k in self.part.output_names)
+
+    example = torch.zeros(1, 3, imgsz[1], imgsz[0])
+    with torch.no_grad():
+        ov_model = ov.convert_model(_Tuple(edge).eval(), example_input=example, input=[(-1, 3, imgsz[1], imgsz[0])])
+    ov_model.inputs[0].get_tensor().set_names({"images"})
+    for output, name in zip(ov_model.outputs, edge.output_names):
+        output.get_tensor().set_names({name})
+    return ov_model
+
+
+def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path | None = None,
+                int8: bool = False, calibration: str | Path | None = None, calibration_frames: int = 120) -> Path:
+    """Write the edge IR and its metadata; returns the output directory."""
+    import openvino as ov
+    import torch
+
+    import split_infer
+    from split_infer.models import load_model
+    from split_infer.partition import partition
+
+    out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
+    model = load_model(model_name)
+    edge, _ = partition(model, cut)
+    ov_model = _to_openvino(edge, imgsz)
+    if int8:
+        if calibration is None:
+            raise ValueError("--int8 needs --calibration VIDEO (frames of real footage to calibrate on)")
+        ov_model = quantize_int8(ov_model, calibration, imgsz, calibration_frames)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, out_dir / IR_FILE, compress_to_fp16=False)
+    shapes = {}
+    with torch.no_grad():
+        feats = edge(torch.zeros(1, 3, imgsz[1], imgsz[0]))
+    for name in edge.output_names:
+        shapes[name] = list(feats[name].shape[1:])
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": Path(model_name).stem if model_name.endswith(".pt") else model_name,
+        "cut": cut,
+        "imgsz": list(imgsz),  # width, height
+        "input": {"name": "images", "layout": "NCHW", "color": "RGB", "scale": 1 / 255, "pad_value": 114},
+        "outputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in edge.output_names],
+        "precision": "int8" if int8 else "fp32",
+        "calibration": str(calibration) if int8 else None,
+        "versions": {"split_infer": split_infer.__version__, "openvino": ov.get_version(), "torch": torch.__version__},
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def quantize_int8(ov_model, calibration: str | Path, imgsz: tuple[int, int], count: int = 120):
+    """NNCF post-training INT8 quantisation on letterboxed frames spread over the calibration video."""
+    import nncf
+
+    frames = video_frames(calibration, count=count, stride=3)
+    data = [letterbox(f, imgsz)[0][None] for f in frames]
+    return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data), preset=nncf.QuantizationPreset.MIXED)
+
+
+def ensure_edge_ir(model_name: str, cut: int, imgsz: tuple[int, int]) -> Path:
+    """The default fp32 IR for (model, cut, imgsz), exported on first use."""
+    out = default_ir_dir(model_name, cut, imgsz)
+    if not (out / META_FILE).exists():
+        export_edge(model_name, cut, imgsz, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="split-infer export", description="Export the edge part to OpenVINO IR.")
+    parser.add_argument("--model", default="yolov5s")
+    parser.add_argument("--cut", type=int, default=4)
+    parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
+    parser.add_argument("--out", type=Path, help="output directory (default: the cache)")
+    parser.add_argument("--int8", action="store_true", help="NNCF post-training INT8 quantisation")
+    parser.add_argument("--calibration", help="video whose frames calibrate INT8")
+    parser.add_argument("--calibration-frames", type=int, default=120)
+    args = parser.parse_args(argv)
+    try:
+        out = export_edge(args.model, args.cut, parse_imgsz(args.imgsz), args.out, args.int8, args.calibration,
+                          args.calibration_frames)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"split-infer export: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
