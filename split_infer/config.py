@@ -23,18 +23,27 @@ class Strict(BaseModel):
 class LineConfig(Strict):
     """A counting line in original-frame pixels; 'in' is the side on the left of a -> b."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_. -]{1,64}$")  # no ':' (it separates Redis hash fields)
     a: tuple[float, float]
     b: tuple[float, float]
     classes: list[str] = Field(default_factory=lambda: list(TRAFFIC_CLASSES))
+    margin: float = Field(default=8.0, ge=0)  # px beyond the line before a side counts (anti-jitter)
+
+    @field_validator("b")
+    @classmethod
+    def _two_points(cls, v: tuple[float, float], info) -> tuple[float, float]:
+        if tuple(info.data.get("a") or ()) == tuple(v):
+            raise ValueError("a counting line needs two distinct points a and b")
+        return v
 
 
 class ZoneConfig(Strict):
     """A polygon zone in original-frame pixels; an object is inside by its box's bottom centre."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_. -]{1,64}$")
     polygon: list[tuple[float, float]]
     classes: list[str] = Field(default_factory=lambda: list(TRAFFIC_CLASSES))
+    margin: float = Field(default=4.0, ge=0)  # px inside to enter, outside to exit (anti-jitter)
 
     @field_validator("polygon")
     @classmethod
