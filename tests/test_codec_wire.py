@@ -150,7 +150,7 @@ def test_resealed_header_corruption_is_a_codec_error(edits) -> None:
 def hostile_header(n_tensors=1, name=b"x4", dtype=1, dims=(1, 4, 2, 2), mode=Q_AFFINE, bits=8,
                    body: bytes | None = None, params=b"{}", codec=1, flags=1, body_len=None,
                    declared=None, scales: bytes | None = None) -> bytes:
-    head = wire._FIXED.pack(wire.MAGIC, wire.VERSION, codec, flags, n_tensors, 0, 4, len(params)) + params
+    head = wire._FIXED.pack(wire.MAGIC, wire.VERSION, codec, flags, n_tensors, 1, 0, 4, len(params)) + params
     n = int(np.prod(dims)) if dims else 0
     if body is None:
         raw = bytes(n if mode != Q_RAW else 4 * n)

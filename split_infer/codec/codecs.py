@@ -7,6 +7,7 @@ delta frame against anything but the frame right before it.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ class Encoder:
 
     def __init__(self, cut: int | None = None, level: int = 3) -> None:
         self.cut, self.level, self.seq, self._force_key = cut, level, 0, True
+        self.stream = secrets.randbits(32)  # tells this encoder's deltas from another's
 
     def request_key_frame(self) -> None:
         """Make the next frame self-contained (after a gap, on the decoder's request)."""
@@ -56,7 +58,8 @@ class Encoder:
             tensors = _check_tensors(tensors)
             key = self._force_key or self._wants_key(tensors)
             records = self._encode(tensors, key)
-            payload = pack(Frame(self.codec, self.seq, key, records, self.params, self.cut), self.level)
+            payload = pack(Frame(self.codec, self.seq, key, records, self.params, self.cut, self.stream),
+                           self.level)
         except Exception:
             self._force_key = True  # our reference may be half-updated: restart cleanly
             raise
@@ -180,6 +183,7 @@ class Decoder:
         self.limits, self.learned_dir = limits, learned_dir
         self._refs: dict[str, _Ref] = {}
         self._last_seq: int | None = None
+        self._stream: int | None = None
         self._codec: str | None = None
         self.needs_key_frame = True  # nothing to predict from yet
         self.last_frame: Frame | None = None  # header of the last decoded frame (codec, seq, params)
@@ -194,7 +198,8 @@ class Decoder:
         except Exception as e:  # never let a hostile payload surface as anything but a CodecError
             self.needs_key_frame = True
             raise CodecError(f"undecodable payload: {type(e).__name__}: {e}") from e
-        self._last_seq, self._codec, self.needs_key_frame, self.last_frame = frame.seq, frame.codec, False, frame
+        self._last_seq, self._codec, self._stream = frame.seq, frame.codec, frame.stream
+        self.needs_key_frame, self.last_frame = False, frame
         return out
 
     def _decode(self, frame: Frame) -> dict[str, np.ndarray]:
@@ -238,6 +243,9 @@ class Decoder:
     def _check_order(self, frame: Frame) -> None:
         if self.needs_key_frame or self._last_seq is None:
             raise CodecError(f"delta frame {frame.seq} but no valid reference: waiting for a key frame")
+        if frame.stream != self._stream:
+            raise CodecError(f"delta frame of stream {frame.stream:08x} after a reference of stream "
+                             f"{self._stream:08x} (encoder restarted?); waiting for a key frame")
         if frame.codec != self._codec:
             raise CodecError(f"delta frame of codec {frame.codec!r} after a {self._codec!r} reference")
         if frame.seq != self._last_seq + 1:

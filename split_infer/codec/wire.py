@@ -37,7 +37,7 @@ Q_AFFINE = 1  # body: uint8 codes; per-channel (axis 1) float32 scales and offse
 Q_DELTA = 2  # body: uint8 codes minus the previous frame's codes, mod 2**bits; scales of the key frame
 Q_SYMBOLS = 3  # body: codec-specific symbol stream (learned codec); no scales
 
-_FIXED = struct.Struct("<4sBBBBQHH")  # magic, version, codec, flags, n_tensors, seq, cut, params_len
+_FIXED = struct.Struct("<4sBBBBIQHH")  # magic, version, codec, flags, n_tensors, stream, seq, cut, params_len
 _TENSOR_TAIL = struct.Struct("<BBI")  # quant mode, bits, body length
 _CRC = struct.Struct("<I")
 
@@ -91,6 +91,7 @@ class Frame:
     tensors: list[TensorRecord]
     params: dict = field(default_factory=dict)
     cut: int | None = None
+    stream: int = 0  # random id of the encoder instance: a delta only follows its own stream
 
 
 def _check_params(params: object, limits: Limits) -> dict:
@@ -112,11 +113,12 @@ def pack(frame: Frame, level: int = 3) -> bytes:
         raise CodecError("a frame carries 1 to 255 tensors")
     params = json.dumps(_check_params(frame.params, Limits()), separators=(",", ":"), sort_keys=True).encode()
     cut = CUT_NONE if frame.cut is None else int(frame.cut)
-    if not 0 <= cut <= CUT_NONE or not 0 <= frame.seq < 1 << 64 or len(params) > 0xFFFF:
+    if not 0 <= cut <= CUT_NONE or not 0 <= frame.seq < 1 << 64 or len(params) > 0xFFFF \
+            or not 0 <= frame.stream < 1 << 32:
         raise CodecError("cut, seq or params out of range")
     cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
     out = [_FIXED.pack(MAGIC, VERSION, CODEC_IDS[frame.codec], FLAG_KEY if frame.key else 0,
-                       len(frame.tensors), frame.seq, cut, len(params)), params]
+                       len(frame.tensors), frame.stream, frame.seq, cut, len(params)), params]
     bodies = []
     for t in frame.tensors:
         name = t.name.encode()
@@ -170,7 +172,7 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
         raise CodecError("checksum mismatch: the payload is corrupt or truncated")
 
     r = _Reader(body)
-    _, _, codec_id, flags, n_tensors, seq, cut, params_len = r.unpack(_FIXED, "header")
+    _, _, codec_id, flags, n_tensors, stream, seq, cut, params_len = r.unpack(_FIXED, "header")
     if codec_id not in CODEC_NAMES:
         raise CodecError(f"unknown codec id {codec_id}")
     if flags & ~FLAG_KEY:
@@ -255,4 +257,4 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
     if r.pos != len(body):
         raise CodecError(f"{len(body) - r.pos} trailing bytes after the last tensor")
     return Frame(CODEC_NAMES[codec_id], seq, bool(flags & FLAG_KEY), tensors, params,
-                 None if cut == CUT_NONE else cut)
+                 None if cut == CUT_NONE else cut, stream)
