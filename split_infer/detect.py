@@ -1,0 +1,124 @@
+"""`split-infer detect`: the split model in one process, edge on OpenVINO, head in the cloud runtime.
+
+    split-infer detect IMAGE_VIDEO_OR_URL --model yolov5s --cut 4 [--out PATH]
+
+Writes one JSON object per frame (`frame`, `detections`) to stdout or PATH and a summary on stderr.
+The features go through the same codec the pipeline uses, so the bytes reported are wire bytes.
+`SplitDetector` is also the in-process baseline of the pipeline benchmark and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from split_infer.preprocess import parse_imgsz
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class SplitDetector:
+    """Edge extractor (OpenVINO) -> codec -> head, for one stream of frames."""
+
+    def __init__(self, model: str = "yolov5s", cut: int = 4, imgsz: tuple[int, int] = (640, 384),
+                 device: str = "AUTO", codec: str | None = "q8-zstd", head_runtime: str = "auto",
+                 conf: float = 0.25, iou: float = 0.45, model_dir: str | Path | None = None,
+                 precision: str | None = None):
+        from split_infer.cloud.head import Head
+        from split_infer.edge.extractor import EdgeExtractor
+        from split_infer.export import ensure_edge_ir
+
+        model_dir = Path(model_dir) if model_dir else ensure_edge_ir(model, cut, imgsz)
+        self.extractor = EdgeExtractor(model_dir, device, precision=precision)
+        self.head = Head(model, cut, imgsz, runtime=head_runtime, conf=conf, iou=iou, precision=precision)
+        self.codec = codec
+        self._encoder = self._decoder = None
+        if codec:
+            from split_infer.codec import make_decoder, make_encoder
+
+            self._encoder, self._decoder = make_encoder(codec), make_decoder()
+        self.bytes_sent: list[int] = []
+
+    def __call__(self, frame_bgr: np.ndarray) -> list[dict]:
+        x, lb = self.extractor.preprocess(frame_bgr)
+        feats = self.extractor.infer(x)
+        if self._encoder is not None:
+            payload = self._encoder.encode(feats)
+            self.bytes_sent.append(len(payload))
+            feats = self._decoder.decode(payload)
+        else:
+            self.bytes_sent.append(sum(v.nbytes for v in feats.values()))
+        return self.head.detect(feats, [lb])[0]
+
+
+def read_frames(source: str) -> Iterator[np.ndarray]:
+    """Frames of an image, a video file or a stream URL (OpenCV's FFmpeg backend)."""
+    import cv2
+
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        img = cv2.imread(source)
+        if img is None:
+            raise FileNotFoundError(f"cannot read image {source}")
+        yield img
+        return
+    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not cap.isOpened():
+        raise FileNotFoundError(f"cannot open video or stream {source}")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="split-infer detect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="image, video file or stream URL")
+    parser.add_argument("--model", default="yolov5s")
+    parser.add_argument("--cut", type=int, default=4)
+    parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
+    parser.add_argument("--device", default="AUTO", help="OpenVINO device for the edge part")
+    parser.add_argument("--codec", default="q8-zstd", help="feature codec; 'none' sends raw float32")
+    parser.add_argument("--head-runtime", default="auto", choices=["auto", "torch", "openvino"])
+    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--iou", type=float, default=0.45)
+    parser.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
+    parser.add_argument("--out", type=Path, help="write JSON lines here instead of stdout")
+    args = parser.parse_args(argv)
+    try:
+        detector = SplitDetector(args.model, args.cut, parse_imgsz(args.imgsz), args.device,
+                                 None if args.codec == "none" else args.codec, args.head_runtime, args.conf, args.iou)
+        frames = read_frames(args.source)
+        out = args.out.open("w") if args.out else sys.stdout
+        n, start = 0, time.perf_counter()
+        try:
+            for n, frame in enumerate(frames, 1):
+                dets = detector(frame)
+                out.write(json.dumps({"frame": n - 1, "detections": dets}) + "\n")
+                if args.max_frames and n >= args.max_frames:
+                    break
+        finally:
+            if args.out:
+                out.close()
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"split-infer detect: {e}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - start
+    if n == 0:
+        print(f"split-infer detect: no frames read from {args.source}", file=sys.stderr)
+        return 1
+    per_frame = sum(detector.bytes_sent) / n
+    print(json.dumps({"frames": n, "fps": round(n / elapsed, 2), "cut": args.cut, "codec": args.codec,
+                      "bytes_per_frame": round(per_frame), "raw_float32_bytes_per_frame":
+                      sum(int(np.prod(o["shape"])) * 4 for o in detector.extractor.meta["outputs"])}),
+          file=sys.stderr)
+    return 0
