@@ -1,0 +1,1 @@
+"""Cloud services: the gRPC ingest, the detection workers and the detection head."""
