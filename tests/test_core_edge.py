@@ -1,0 +1,97 @@
+"""The OpenVINO edge extractor: exact in f32, within tolerance in the default precision, torch-free."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core_support import ROOT, bus_jpg, yolov5s_ready
+from split_infer.edge.extractor import EdgeExtractor, ExtractorError, check_device
+from split_infer.export import export_edge
+from split_infer.models import load_model
+from split_infer.partition import partition
+
+IMGSZ = (320, 192)
+# bf16 (this CPU's default) keeps 8 bits of mantissa: documented tolerance on the crossing tensor,
+# relative to its largest magnitude.
+DEFAULT_PRECISION_REL_TOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def ir_dir(tmp_path_factory):
+    yolov5s_ready()
+    return export_edge("yolov5s", 4, IMGSZ, tmp_path_factory.mktemp("ir"))
+
+
+def _reference(x):
+    edge, _ = partition(load_model("yolov5s"), 4)
+    with torch.no_grad():
+        return edge(torch.from_numpy(x))["x4"].numpy()
+
+
+def test_export_writes_ir_and_metadata(ir_dir):
+    meta = json.loads((ir_dir / "edge.json").read_text())
+    assert meta["model"] == "yolov5s" and meta["cut"] == 4 and meta["imgsz"] == [320, 192]
+    assert meta["outputs"] == [{"name": "x4", "shape": [128, 24, 40], "dtype": "float32"}]
+    assert meta["input"]["scale"] == pytest.approx(1 / 255) and meta["precision"] == "fp32"
+    assert (ir_dir / "edge.xml").exists() and (ir_dir / "edge.bin").exists()
+
+
+def test_openvino_f32_matches_pytorch(ir_dir):
+    x = np.random.default_rng(0).random((2, 3, 192, 320), dtype=np.float32)
+    ref = _reference(x)
+    out = EdgeExtractor(ir_dir, "CPU", precision="f32").infer(x)["x4"]
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() <= 1e-3 * np.abs(ref).max()
+
+
+def test_openvino_default_precision_within_documented_tolerance(ir_dir):
+    x = np.random.default_rng(0).random((1, 3, 192, 320), dtype=np.float32)
+    ref = _reference(x)
+    out = EdgeExtractor(ir_dir, "AUTO").infer(x)["x4"]
+    assert np.abs(out - ref).max() <= DEFAULT_PRECISION_REL_TOL * np.abs(ref).max()
+
+
+def test_myriad_gets_a_clear_error():
+    with pytest.raises(ExtractorError, match=r"MYRIAD plugin.*removed.*2023\.0.*2022\.3.*NPU"):
+        check_device("MYRIAD")
+    assert check_device("AUTO:NPU,CPU") == "AUTO:NPU,CPU"
+
+
+def test_missing_ir_is_a_clear_error(tmp_path):
+    with pytest.raises(ExtractorError, match="split-infer export"):
+        EdgeExtractor(tmp_path)
+
+
+def test_edge_runtime_imports_neither_torch_nor_ultralytics():
+    code = ("import sys, split_infer.edge.extractor, split_infer.preprocess, split_infer.codec\n"
+            "import importlib.util\n"
+            "if importlib.util.find_spec('split_infer.edge.node'): import split_infer.edge.node\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics', 'torchvision')]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_detect_cli_writes_json_lines(tmp_path):
+    out = tmp_path / "dets.jsonl"
+    result = subprocess.run([sys.executable, "-m", "split_infer", "detect", str(bus_jpg()), "--imgsz", "640x640",
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["frame"] == 0
+    names = [d["class_name"] for d in lines[0]["detections"]]
+    assert "bus" in names and names.count("person") >= 3
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert summary["frames"] == 1 and 0 < summary["bytes_per_frame"] < summary["raw_float32_bytes_per_frame"]
+
+
+def test_detect_cli_on_a_missing_source_fails_clearly(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "split_infer", "detect", str(tmp_path / "nope.mp4")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "cannot open video or stream" in result.stderr
