@@ -1,0 +1,46 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then run the eight-camera pipeline demo on embedded defaults
+#   make test   set up, then run the test suite
+# Set-up is idempotent: the second time it only checks.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SI := $(VENV)/bin/split-infer
+INSTALLED := $(VENV)/.installed
+DEMO_ARGS ?= --duration 60
+
+.PHONY: setup system python weights demo test bench protos clean
+
+setup: system python weights
+
+system:
+	@scripts/system-deps.sh
+
+python: $(INSTALLED)
+
+# Everything goes through constraints.txt, which pins torch and torchvision.
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[cloud,dev]'
+	touch $@
+
+weights: $(INSTALLED)
+	@$(SI) weights pull yolov5s >/dev/null
+
+demo: setup
+	$(SI) demo $(DEMO_ARGS)
+
+test: setup
+	@scripts/ensure-redis.sh
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/edge_speed.py --json benchmarks/results/edge_speed.json
+
+protos: $(INSTALLED)
+	scripts/gen_protos.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info
