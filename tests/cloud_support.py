@@ -148,3 +148,39 @@ def frame(camera: str, seq: int, session: str = "s1", payload: bytes | None = No
         payload = make_encoder(codec).encode(features(seq))
     return pb.FeatureFrame(camera_id=camera, seq=seq, session=session, capture_ts=time.time(),
                            sent_ts=time.time(), payload=payload, width=640, height=360, **kw)
+
+
+def shared_data() -> Path:
+    d = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    for f in ("street-640x360.mp4", "yolov5n.pt"):
+        if not (d / f).exists():
+            pytest.fail(f"test data missing: {d / f} (the shared data folder beside the project)")
+    return d
+
+
+REAL_IMGSZ = (320, 192)
+
+
+def real_features(n: int, imgsz: tuple[int, int] = REAL_IMGSZ, cut: int = 4) -> list[tuple[bytes, int, int]]:
+    """(q8-zstd payload, width, height) of the first n frames of the street video, from the core's
+    edge part of yolov5n (torch), as an edge node would send them."""
+    import cv2
+    import torch
+
+    from split_infer.models import load_model
+    from split_infer.partition import partition
+    from split_infer.preprocess import letterbox
+
+    d = shared_data()
+    edge, _ = partition(load_model(str(d / "yolov5n.pt")), cut)
+    cap = cv2.VideoCapture(str(d / "street-640x360.mp4"))
+    enc, out = make_encoder("q8-zstd", cut=cut), []
+    with torch.no_grad():
+        while len(out) < n:
+            ok, img = cap.read()
+            assert ok, "street video ended early"
+            x, _ = letterbox(img, imgsz)
+            feats = {k: v.numpy() for k, v in edge(torch.from_numpy(x)[None]).items()}
+            out.append((enc.encode(feats), img.shape[1], img.shape[0]))
+    cap.release()
+    return out

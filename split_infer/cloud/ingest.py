@@ -152,6 +152,10 @@ class Ingest:
         except CodecError as e:
             raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "codec", f"{f.camera_id}: {e}",
                                 key_frame_needed=bool(dec.needs_key_frame)) from None
+        cut = dec.last_frame.cut if dec.last_frame is not None else None
+        if cut is not None and cut != self.cfg.model.cut:
+            raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong_cut",
+                                f"{f.camera_id}: features of cut {cut}, this cloud runs cut {self.cfg.model.cut}")
         self._check_shapes(st, f.camera_id, tensors)
         if dec.last_frame is not None and dec.last_frame.key:
             return bytes(f.payload)  # already self-contained: queue the edge's bytes unchanged
@@ -437,6 +441,19 @@ async def serve(cfg: CloudConfig, stop: asyncio.Event, ready: asyncio.Event | No
         log.info("ingest stopped")
 
 
+def with_feature_shapes(cfg: CloudConfig) -> CloudConfig:
+    """Fill `ingest.feature_shapes` from the model (a dry run of its edge part) when not configured."""
+    if cfg.ingest.feature_shapes:
+        return cfg
+    from split_infer.cloud.head import _edge_shapes  # torch, once at start-up
+
+    shapes = _edge_shapes(cfg.model.name, cfg.model.cut, tuple(cfg.model.imgsz))
+    log.info("expecting features %s (model %s, cut %d, imgsz %s)", shapes, cfg.model.name, cfg.model.cut,
+             cfg.model.imgsz)
+    ingest = cfg.ingest.model_copy(update={"feature_shapes": {k: list(v) for k, v in shapes.items()}})
+    return cfg.model_copy(update={"ingest": ingest})
+
+
 def load_cloud_config(path: str | None, overrides: dict) -> CloudConfig:
     cfg = load_yaml(path, CloudConfig) if path else CloudConfig()
     data = cfg.model_dump()
@@ -451,10 +468,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis-url", help="redis://host:port/db (default from config)")
     ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
     ap.add_argument("--metrics-addr", default="127.0.0.1")
+    ap.add_argument("--no-shape-check-from-model", action="store_true",
+                    help="do not derive the expected feature shapes from the model (then the first frame of "
+                         "each camera fixes them, unless ingest.feature_shapes is configured)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_cloud_config(args.config, {"listen": args.listen, "redis_url": args.redis_url})
+    if not args.no_shape_check_from_model:
+        cfg = with_feature_shapes(cfg)
     metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
 
     async def run() -> None:

@@ -340,6 +340,22 @@ class Worker:
             log.warning("stopping with %d frame(s) pending (%s)", len(self.backlog), e)
 
 
+def yolo_head(cfg: CloudConfig) -> HeadFn:
+    """The core's detection head for `cfg.model`, on `cfg.head_runtime` (auto: CUDA torch, else OpenVINO)."""
+    from split_infer.cloud.head import Head
+    from split_infer.preprocess import Letterbox
+
+    m = cfg.model
+    head = Head(m.name, m.cut, tuple(m.imgsz), runtime=cfg.head_runtime, conf=m.conf, iou=m.iou)
+    log.info("head: %s cut %d imgsz %s on %s (%s)", m.name, m.cut, m.imgsz, head.runtime, head.device)
+
+    def run(feats: dict[str, np.ndarray], sizes: list[tuple[int, int]]) -> list[list[dict]]:
+        return head.detect(feats, [Letterbox.fit(w, h, *m.imgsz) for w, h in sizes])
+
+    run.head = head  # type: ignore[attr-defined]
+    return run
+
+
 def load_head(spec: str, cfg: CloudConfig) -> HeadFn:
     """`module:factory`; the factory receives the CloudConfig and returns the head callable."""
     mod, _, attr = spec.partition(":")
@@ -363,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="cloud YAML (CloudConfig); defaults apply without one")
     ap.add_argument("--redis-url", help="redis://host:port/db (default from config)")
     ap.add_argument("--name", help="consumer name (default host-pid); must be unique per live worker")
-    ap.add_argument("--head", default="split_infer.cloud.head:make_head",
+    ap.add_argument("--head", default="split_infer.cloud.worker:yolo_head",
                     help="module:factory(cfg) returning the head callable (default: the YOLO head)")
     ap.add_argument("--max-frames", type=int, help="exit after writing this many records")
     ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")

@@ -1,0 +1,272 @@
+"""Cloud workers on a real Redis: idempotent records, dead letters, a SIGKILLed worker, Redis restarts,
+and the real YOLO head giving the same detections as the in-process head."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import yaml
+
+from cloud_support import (REAL_IMGSZ, RedisServer, drop_prefix, features, fresh_prefix, real_features,
+                           shared_data, shared_redis)
+from split_infer import keys
+from split_infer.codec import make_decoder, make_encoder
+from split_infer.config import CloudConfig
+from split_infer.cloud.worker import Worker, yolo_head
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def r():
+    client = shared_redis()
+    prefix = fresh_prefix()
+    yield client
+    drop_prefix(client, prefix)
+
+
+def cfg(**worker) -> CloudConfig:
+    w = {"claim_idle_ms": 300, "claim_interval_s": 0.1, "block_ms": 50, "streams_refresh_s": 0.1, **worker}
+    return CloudConfig(redis_url="redis://127.0.0.1:6379/0", worker=w)
+
+
+def enqueue(r: redis.Redis, cam: str, seqs, session: str = "s1", payloads=None) -> None:
+    """What the ingest writes (tests of the ingest itself are in test_cloud_ingest.py)."""
+    try:
+        r.xgroup_create(keys.frames_stream(cam), keys.FRAMES_GROUP, id="0", mkstream=True)
+    except redis.ResponseError:
+        pass
+    r.sadd(keys.CAMERAS_SET, cam)
+    for i, seq in enumerate(seqs):
+        payload = payloads[i] if payloads else make_encoder("q8-zstd").encode(features(seq))
+        w, h = (payload[1], payload[2]) if isinstance(payload, tuple) else (640, 360)
+        payload = payload[0] if isinstance(payload, tuple) else payload
+        r.xadd(keys.frames_stream(cam), {"camera": cam, "session": session, "seq": seq,
+                                         "capture_ts": repr(time.time()), "ingest_ts": repr(time.time()),
+                                         "width": w, "height": h, "payload": payload, "timings": "{}"})
+
+
+def fake_head(feats, sizes):
+    """Deterministic stand-in: one 'detection' per frame whose score is the frame's feature mean."""
+    x = feats["x4"]
+    return [[{"class_id": 2, "class_name": "car", "score": float(x[i].mean()), "box": [0, 0, w, h]}]
+            for i, (w, h) in enumerate(sizes)]
+
+
+def records(r: redis.Redis, cam: str) -> list[dict]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.detections_stream(cam))]
+
+
+def run_until(worker: Worker, cond, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "worker did not finish in time"
+        worker.step()
+
+
+def settled(r: redis.Redis, cams) -> bool:
+    return all(r.xlen(keys.frames_stream(c)) == 0 for c in cams)
+
+
+def test_each_frame_gives_exactly_one_record_even_when_redelivered(r):
+    enqueue(r, "cam-a", range(10))
+    enqueue(r, "cam-b", range(5))
+    w = Worker(cfg(max_batch=4), r, fake_head, name="w1")
+    run_until(w, lambda: settled(r, ["cam-a", "cam-b"]))
+    recs = records(r, "cam-a")
+    assert [int(x["seq"]) for x in recs] == list(range(10))
+    assert len(records(r, "cam-b")) == 5
+    want = make_decoder().decode(make_encoder("q8-zstd").encode(features(3)))["x4"].mean()
+    assert abs(json.loads(recs[3]["detections"])[0]["score"] - want) < 1e-6
+    assert all(float(x["done_ts"]) >= float(x["capture_ts"]) for x in recs)
+
+    # The same frames again (an ingest that re-queued them after losing an ack): no second record.
+    enqueue(r, "cam-a", range(10))
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    assert len(records(r, "cam-a")) == 10 and w.duplicates == 10
+    # A new edge session restarts seq at 0: those are new frames.
+    enqueue(r, "cam-a", range(3), session="s2")
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    assert [(x["session"], int(x["seq"])) for x in records(r, "cam-a")][-3:] == [("s2", 0), ("s2", 1), ("s2", 2)]
+    assert r.xpending(keys.frames_stream("cam-a"), keys.FRAMES_GROUP)["pending"] == 0
+
+
+def test_live_subscribers_get_each_record(r):
+    sub = r.pubsub()
+    sub.subscribe(keys.LIVE_DETECTIONS)
+    sub.get_message(timeout=1)
+    enqueue(r, "cam-a", range(3))
+    w = Worker(cfg(), r, fake_head, name="w1")
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    got = []
+    deadline = time.time() + 5
+    while len(got) < 3 and time.time() < deadline:
+        m = sub.get_message(timeout=0.5)
+        if m and m["type"] == "message":
+            got.append(json.loads(m["data"]))
+    assert [g["seq"] for g in got] == [0, 1, 2] and got[0]["detections"][0]["class_name"] == "car"
+    sub.close()
+
+
+def test_corrupt_payloads_go_to_the_dead_letter_stream_and_the_worker_carries_on(r):
+    good = make_encoder("q8-zstd").encode(features(0))
+    bad = bytearray(good)
+    bad[30] ^= 0x55
+    enqueue(r, "cam-a", [0, 1, 2, 3], payloads=[good, bytes(bad), b"garbage", good])
+    r.xadd(keys.frames_stream("cam-a"), {"camera": "cam-a", "payload": good})  # lacks seq/size fields
+    w = Worker(cfg(), r, fake_head, name="w1")
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    assert [int(x["seq"]) for x in records(r, "cam-a")] == [0, 3]
+    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.DEAD_LETTER)]
+    reasons = {d["seq"]: d["reason"] for d in dead}
+    assert set(reasons) == {"1", "2", ""} and len(dead) == 3
+    assert "checksum" in reasons["1"] and "truncated" in reasons["2"] and "lacks field 'seq'" in reasons[""]
+    assert r.xpending(keys.frames_stream("cam-a"), keys.FRAMES_GROUP)["pending"] == 0
+
+
+def test_a_frame_that_keeps_failing_is_retried_then_dead_lettered(r):
+    enqueue(r, "cam-a", range(4))
+    poison = make_decoder().decode(make_encoder("q8-zstd").encode(features(2)))["x4"].mean()
+
+    def flaky_head(feats, sizes):
+        if any(abs(feats["x4"][i].mean() - poison) < 1e-9 for i in range(len(sizes))):
+            raise RuntimeError("head crashed on this frame")
+        return fake_head(feats, sizes)
+
+    w = Worker(cfg(max_batch=1, max_deliveries=3), r, flaky_head, name="w1")
+    run_until(w, lambda: settled(r, ["cam-a"]), timeout=30)
+    assert [int(x["seq"]) for x in records(r, "cam-a")] == [0, 1, 3]
+    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.DEAD_LETTER)]
+    assert [d["seq"] for d in dead] == ["2"] and "delivered 4 times" in dead[0]["reason"]
+
+
+def test_pending_frames_of_a_dead_consumer_are_claimed(r):
+    enqueue(r, "cam-a", range(6))
+    # A worker read 4 frames and died before writing anything.
+    r.xreadgroup(keys.FRAMES_GROUP, "dead-worker", {keys.frames_stream("cam-a"): ">"}, count=4)
+    w = Worker(cfg(), r, fake_head, name="w2")
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    assert sorted(int(x["seq"]) for x in records(r, "cam-a")) == list(range(6))
+    assert r.xpending(keys.frames_stream("cam-a"), keys.FRAMES_GROUP)["pending"] == 0
+
+
+def test_worker_survives_a_redis_restart(tmp_path):
+    srv = RedisServer(tmp_path)
+    srv.start()
+    fresh_prefix()
+    stop = threading.Event()
+    try:
+        rr = redis.Redis.from_url(srv.url, socket_connect_timeout=1, socket_timeout=2)
+        c = cfg().model_copy(update={"redis_url": srv.url})
+        w = Worker(c, rr, fake_head, name="w1")
+        t = threading.Thread(target=w.run, args=(stop,), daemon=True)
+        t.start()
+        enqueue(rr, "cam-a", range(3))
+        deadline = time.time() + 10
+        while len(records(rr, "cam-a")) < 3:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        srv.stop()
+        time.sleep(1.0)  # the worker sees the outage and backs off
+        assert t.is_alive() and not w._redis_ok
+        srv.start()
+        enqueue(rr, "cam-a", range(3, 6))
+        deadline = time.time() + 15
+        while len(records(rr, "cam-a")) < 6:
+            assert time.time() < deadline, "worker did not resume after Redis came back"
+            time.sleep(0.1)
+        assert [int(x["seq"]) for x in records(rr, "cam-a")] == list(range(6))
+        assert t.is_alive() and w._redis_ok
+    finally:
+        stop.set()
+        srv.stop()
+
+
+def _worker_proc(cfg_path: Path, name: str, prefix: str) -> subprocess.Popen:
+    env = {**os.environ, "SPLIT_INFER_PREFIX": prefix, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "split_infer", "cloud", "worker", "--config", str(cfg_path),
+                             "--name", name, "--log-level", "WARNING"], cwd=ROOT, env=env)
+
+
+def test_sigkill_mid_run_loses_and_doubles_nothing_with_the_real_head(r, tmp_path):
+    n = 48
+    frames = real_features(n)
+    data = shared_data()
+    model = {"name": str(data / "yolov5n.pt"), "cut": 4, "imgsz": list(REAL_IMGSZ)}
+    conf = {"redis_url": "redis://127.0.0.1:6379/0", "model": model, "head_runtime": "auto",
+            "worker": {"max_batch": 4, "claim_idle_ms": 1500, "claim_interval_s": 0.3, "block_ms": 100,
+                       "streams_refresh_s": 0.2}}
+    path = tmp_path / "cloud.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    cams = ["cam-a", "cam-b"]
+    for i, cam in enumerate(cams):
+        enqueue(r, cam, range(n // 2), payloads=frames[i * n // 2:(i + 1) * n // 2])
+    procs = []
+    try:
+        a = _worker_proc(path, "worker-a", keys.PREFIX)
+        procs.append(a)
+        deadline = time.time() + 120
+        while True:  # kill A while it has written some records and holds a batch in flight
+            done = sum(r.xlen(keys.detections_stream(c)) for c in cams)
+            held = sum(p["pending"] for c in cams
+                       for p in r.xinfo_consumers(keys.frames_stream(c), keys.FRAMES_GROUP)
+                       if p["name"] == b"worker-a")
+            if done >= 6 and held > 0:
+                break
+            assert a.poll() is None and time.time() < deadline, "worker A never got going"
+            time.sleep(0.01)
+        os.kill(a.pid, signal.SIGKILL)
+        a.wait()
+        orphaned = set()  # frames A had taken but not finished when it died
+        for c in cams:
+            for p in r.xpending_range(keys.frames_stream(c), keys.FRAMES_GROUP, "-", "+", 100, "worker-a"):
+                for _, f in r.xrange(keys.frames_stream(c), p["message_id"], p["message_id"]):
+                    orphaned.add((c, int(f[b"seq"])))
+        b = _worker_proc(path, "worker-b", keys.PREFIX)
+        procs.append(b)
+        deadline = time.time() + 180
+        while not settled(r, cams) or r.xpending(keys.frames_stream(cams[0]), keys.FRAMES_GROUP)["pending"]:
+            assert b.poll() is None and time.time() < deadline, "worker B did not finish the queue"
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(30)
+    workers = set()
+    got = {}
+    for cam in cams:
+        recs = records(r, cam)
+        seqs = [int(x["seq"]) for x in recs]
+        assert sorted(seqs) == list(range(n // 2)), f"{cam}: lost or doubled frames: {sorted(seqs)}"
+        workers |= {x["worker"] for x in recs}
+        got.update({(cam, int(x["seq"])): json.loads(x["detections"]) for x in recs})
+    assert workers == {"worker-a", "worker-b"}
+    by = {(c, int(x["seq"])): x["worker"] for c in cams for x in records(r, c)}
+    assert orphaned and all(by[k] == "worker-b" for k in orphaned), orphaned  # B claimed A's frames
+    assert r.xlen(keys.DEAD_LETTER) == 0
+
+    # Same detections as the head in this process on the same frames, one at a time.
+    head = yolo_head(CloudConfig.model_validate({"model": model, "head_runtime": "auto"}))
+    cars = 0
+    for i, cam in enumerate(cams):
+        for seq in range(n // 2):
+            payload, w, h = frames[i * n // 2 + seq]
+            want = head(make_decoder().decode(payload), [(w, h)])[0]
+            have = got[(cam, seq)]
+            assert [d["class_id"] for d in have] == [d["class_id"] for d in want], (cam, seq)
+            for a_, b_ in zip(have, want):
+                assert abs(a_["score"] - b_["score"]) < 1e-3
+                assert np.allclose(a_["box"], b_["box"], atol=0.5)
+            cars += sum(d["class_name"] == "car" for d in have)
+    assert cars > 0  # real traffic footage: the head does see cars
