@@ -1,0 +1,221 @@
+"""The analytics of one camera: ByteTrack over its detection frames, then lines, zones, aggregates.
+
+Pure and deterministic (no Redis, no clock: times are the frames' capture times), so the service
+can checkpoint it with pickle and a replay gives the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import supervision as sv
+from trackers import ByteTrackTracker
+
+from split_infer.analytics.aggregates import VEHICLES, Aggregates
+from split_infer.analytics.events import Event
+from split_infer.analytics.geometry import Point, anchor
+from split_infer.analytics.lines import LineCounter
+from split_infer.analytics.records import DetectionFrame
+from split_infer.analytics.zones import Zone
+from split_infer.config import TRAFFIC_CLASSES, CameraConfig
+
+CLASS_INDEX = {name: i for i, name in enumerate(TRAFFIC_CLASSES)}
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """ByteTrack settings tuned for YOLOv5 scores on ~10 fps street video (see tests/test_analytics_video.py)."""
+
+    track_activation_threshold: float = 0.3  # a new track needs a detection at least this sure
+    high_conf_det_threshold: float = 0.4  # first-stage association; lower ones only revive tracks
+    minimum_iou_threshold: float = 0.1
+    minimum_consecutive_frames: int = 2  # frames before a track gets an id (drops one-frame ghosts)
+    lost_track_buffer: int = 30  # in 30 fps frames: 1 s of capture time
+    frame_rate: float = 10.0
+    track_ttl_s: float = 2.0  # our own memory of a track outlives the tracker's by a margin
+    min_score: float = 0.1  # detections below are not given to the tracker
+
+    def make_tracker(self) -> ByteTrackTracker:
+        return ByteTrackTracker(
+            lost_track_buffer=self.lost_track_buffer,
+            frame_rate=self.frame_rate,
+            track_activation_threshold=self.track_activation_threshold,
+            minimum_consecutive_frames=self.minimum_consecutive_frames,
+            minimum_iou_threshold=self.minimum_iou_threshold,
+            high_conf_det_threshold=self.high_conf_det_threshold,
+        )
+
+
+@dataclass
+class Track:
+    first_ts: float
+    last_ts: float
+    anchor: Point
+    votes: Counter[str] = field(default_factory=Counter)  # class -> summed detection score
+    speed: float | None = None  # anchor motion in box heights per second, smoothed
+
+    @property
+    def class_name(self) -> str:
+        return self.votes.most_common(1)[0][0]
+
+
+class CameraAnalytics:
+    def __init__(self, camera: CameraConfig | str, settings: TrackerSettings | None = None) -> None:
+        cfg = camera if isinstance(camera, CameraConfig) else CameraConfig(id=camera, url="redis")
+        self.camera = cfg.id
+        self.settings = settings or TrackerSettings()
+        self.tracker = self.settings.make_tracker()
+        self.tracks: dict[int, Track] = {}
+        self.lines: dict[str, LineCounter] = {}
+        self.zones: dict[str, Zone] = {}
+        self.agg = Aggregates()
+        # Ordering bookkeeping (read and written by the service).
+        self.session: str | None = None
+        self.last_seq: int = -1
+        self.last_ts: float = -math.inf
+        self.frames = 0
+        self.skipped_frames = 0
+        self.rejected_records = 0
+        self.apply_config(cfg)
+
+    def apply_config(self, cfg: CameraConfig) -> None:
+        """Take the camera's lines and zones; a line or zone whose geometry is unchanged keeps its counts."""
+        lines = {}
+        for lc in cfg.lines:
+            new = LineCounter.from_config(lc)
+            old = self.lines.get(lc.name)
+            same = old is not None and (old.a, old.b, old.classes, old.margin) == (new.a, new.b, new.classes, new.margin)
+            lines[lc.name] = old if same else new
+        zones = {}
+        for zc in cfg.zones:
+            new_z = Zone.from_config(zc)
+            old_z = self.zones.get(zc.name)
+            same = (old_z is not None and np.array_equal(old_z.polygon, new_z.polygon)
+                    and (old_z.classes, old_z.margin) == (new_z.classes, new_z.margin))
+            zones[zc.name] = old_z if same else new_z
+        self.lines, self.zones = lines, zones
+
+    # ------------------------------------------------------------------ per frame
+
+    def process(self, frame: DetectionFrame) -> list[Event]:
+        """Track one frame (frames must come in capture order) and return the events it caused."""
+        ts = frame.capture_ts
+        events: list[Event] = []
+        tracked = self.tracker.update(self._to_sv(frame), timestamp=ts)
+        ids = tracked.tracker_id if tracked.tracker_id is not None else np.empty(0, int)
+        for i, tid in enumerate(ids):
+            tid = int(tid)
+            if tid < 0:
+                continue  # not confirmed yet: may be a ghost
+            box = tracked.xyxy[i]
+            name = TRAFFIC_CLASSES[int(tracked.class_id[i])]
+            score = float(tracked.confidence[i]) if tracked.confidence is not None else 1.0
+            events += self._observe(frame, tid, box, name, score)
+        events += self._expire(frame)
+        self._congestion(ts)
+        self.frames += 1
+        self.session, self.last_seq, self.last_ts = frame.session, frame.seq, ts
+        return events
+
+    def _to_sv(self, frame: DetectionFrame) -> sv.Detections:
+        dets = [d for d in frame.detections if d.class_name in CLASS_INDEX and d.score >= self.settings.min_score]
+        if not dets:
+            return sv.Detections.empty()
+        return sv.Detections(
+            xyxy=np.array([d.box for d in dets], dtype=float),
+            confidence=np.array([d.score for d in dets], dtype=float),
+            class_id=np.array([CLASS_INDEX[d.class_name] for d in dets], dtype=int),
+        )
+
+    def _observe(self, frame: DetectionFrame, tid: int, box: np.ndarray, name: str, score: float) -> list[Event]:
+        ts, p = frame.capture_ts, anchor(box)
+        track = self.tracks.get(tid)
+        if track is None:
+            track = self.tracks[tid] = Track(first_ts=ts, last_ts=ts, anchor=p)
+            track.votes[name] += score
+            self.agg.new_track(ts, track.class_name)
+        else:
+            dt = ts - track.last_ts
+            if dt > 0:
+                height = max(1.0, float(box[3] - box[1]))
+                v = math.dist(p, track.anchor) / dt / height
+                alpha = 1.0 - math.exp(-dt / 1.0)  # ~1 s smoothing
+                track.speed = v if track.speed is None else track.speed + alpha * (v - track.speed)
+            track.votes[name] += score
+            track.last_ts, track.anchor = ts, p
+        cls = track.class_name
+        out: list[Event] = []
+        for line in self.lines.values():
+            direction = line.update(tid, cls, p)
+            if direction is not None:
+                self.agg.crossing(ts, cls)
+                out.append(Event("line_cross", self.camera, frame.seq, ts, tid, cls, line=line.name, direction=direction))
+        for zone in self.zones.values():
+            change = zone.update(tid, cls, p, ts)
+            if change is not None:
+                kind, dwell = change
+                out.append(Event("zone_enter" if kind == "enter" else "zone_exit", self.camera, frame.seq, ts, tid,
+                                 cls, zone=zone.name, dwell_s=dwell, reason="left" if kind == "exit" else None))
+        return out
+
+    def _expire(self, frame: DetectionFrame) -> list[Event]:
+        """Forget tracks unseen for track_ttl_s; close their zone stays as 'lost'."""
+        ts, out = frame.capture_ts, []
+        for tid in [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.settings.track_ttl_s]:
+            track = self.tracks.pop(tid)
+            for line in self.lines.values():
+                line.forget(tid)
+            for zone in self.zones.values():
+                dwell = zone.leave(tid, track.last_ts)
+                if dwell is not None:
+                    out.append(Event("zone_exit", self.camera, frame.seq, ts, tid, track.class_name,
+                                     zone=zone.name, dwell_s=dwell, reason="lost"))
+        return out
+
+    def _congestion(self, ts: float) -> None:
+        speeds = []
+        for tr in self.tracks.values():
+            if tr.last_ts != ts or tr.class_name not in VEHICLES or tr.speed is None:
+                continue  # only vehicles seen in this frame, with a measured speed
+            if self.zones and not any(z.contains(tr.anchor) for z in self.zones.values()):
+                continue
+            speeds.append(tr.speed)
+        self.agg.congestion(ts, speeds)
+
+    # ------------------------------------------------------------------ output
+
+    def counts_fields(self) -> dict[str, str]:
+        """The counts hash (field layout: docs/analytics.md)."""
+        now = self.last_ts if math.isfinite(self.last_ts) else 0.0
+        f: dict[str, object] = {
+            "updated_ts": f"{now:.3f}", "seq": self.last_seq, "frames": self.frames,
+            "skipped_frames": self.skipped_frames, "rejected_records": self.rejected_records,
+            "congestion": self.agg.level, "congestion_score": f"{self.agg.score:.3f}",
+            "vehicles": self.agg.vehicles, "median_speed": f"{self.agg.median_speed:.3f}",
+        }
+        for line in self.lines.values():
+            for direction in ("in", "out"):
+                for cls in sorted(line.classes):
+                    f[f"line:{line.name}:{direction}:{cls}"] = line.counts[direction][cls]
+        for zone in self.zones.values():
+            occ, dmax = zone.occupancy(), zone.dwell_max(now)
+            for cls in sorted(zone.classes):
+                f[f"zone:{zone.name}:occupancy:{cls}"] = occ[cls]
+                f[f"zone:{zone.name}:entries:{cls}"] = zone.entries[cls]
+                f[f"zone:{zone.name}:exits:{cls}"] = zone.exits[cls]
+                f[f"zone:{zone.name}:dwell_s:{cls}"] = f"{zone.dwell_total[cls]:.3f}"
+                f[f"zone:{zone.name}:dwell_max_s:{cls}"] = f"{dmax.get(cls, 0.0):.3f}"
+        basis = "crossings" if self.lines else "tracks"
+        per_min = self.agg.per_minute(now, basis)
+        f["per_minute_basis"] = basis
+        for cls in TRAFFIC_CLASSES:
+            f[f"per_minute:{cls}"] = per_min[cls]
+        tracks_now = Counter(tr.class_name for tr in self.tracks.values() if tr.last_ts == now)
+        for cls in TRAFFIC_CLASSES:
+            f[f"tracks:{cls}"] = tracks_now[cls]
+        f["per_minute_history"] = json.dumps(self.agg.history(), separators=(",", ":"))
+        return {k: str(v) for k, v in f.items()}

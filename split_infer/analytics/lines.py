@@ -1,0 +1,56 @@
+"""Counting lines with side memory and a hysteresis margin (docs/analytics.md, "Crossing rules").
+
+Per track the counter remembers the side of the line the track was last confirmed on. A side is
+confirmed only beyond `margin` pixels from the line and within the segment's span, so an anchor
+that wobbles on the line never counts, and a real crossing counts once, on the first frame past
+the margin on the other side.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from split_infer.analytics.geometry import Point, side_distance
+from split_infer.config import LineConfig
+
+Direction = Literal["in", "out"]
+
+
+@dataclass
+class LineCounter:
+    name: str
+    a: Point
+    b: Point
+    classes: frozenset[str]
+    margin: float = 8.0
+    sides: dict[int, int] = field(default_factory=dict)  # track id -> +1 (in side) / -1 (out side)
+    counts: dict[Direction, Counter[str]] = field(default_factory=lambda: {"in": Counter(), "out": Counter()})
+
+    @classmethod
+    def from_config(cls, cfg: LineConfig) -> "LineCounter":
+        return cls(name=cfg.name, a=tuple(cfg.a), b=tuple(cfg.b), classes=frozenset(cfg.classes),
+                   margin=cfg.margin)
+
+    def update(self, track_id: int, class_name: str, p: Point) -> Direction | None:
+        """Feed one observation of a track's anchor; return the direction if it just crossed."""
+        dist, t = side_distance(self.a, self.b, p)
+        if not 0.0 <= t <= 1.0:
+            self.sides.pop(track_id, None)  # beside the segment: going round its end is no crossing
+            return None
+        if abs(dist) <= self.margin:
+            return None  # inside the hysteresis band: keep the confirmed side
+        side = 1 if dist > 0 else -1
+        before = self.sides.get(track_id)
+        self.sides[track_id] = side
+        if before is None or before == side:
+            return None
+        direction: Direction = "in" if side > 0 else "out"
+        if class_name in self.classes:
+            self.counts[direction][class_name] += 1
+            return direction
+        return None
+
+    def forget(self, track_id: int) -> None:
+        self.sides.pop(track_id, None)

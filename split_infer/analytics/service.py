@@ -1,0 +1,300 @@
+"""`split-infer analytics`: tracking and counting over the detection streams in Redis.
+
+One loop: keep the leases of the cameras this instance owns, read their detection streams
+through the consumer group `analytics`, put records back in seq order, run each camera's
+`CameraAnalytics`, then commit per camera in one MULTI/EXEC (events, counts hash, pickled state)
+and only then XACK and publish. A crash at any point replays from the last checkpoint without
+counting twice (docs/analytics.md, "Restart and scaling").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from split_infer import keys, metrics
+from split_infer.analytics.camera import CameraAnalytics
+from split_infer.analytics.events import Event
+from split_infer.analytics.records import DetectionFrame, RecordError, parse_record
+from split_infer.config import CameraConfig, CloudConfig, load_yaml
+
+log = logging.getLogger("split_infer.analytics")
+
+STATE_VERSION = 1
+# Renew the lease only if we still hold it (a plain EXPIRE could extend someone else's lease).
+RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+@dataclass(order=True)
+class Pending:
+    """A record read from the stream, waiting in the reorder buffer (still un-acked in Redis)."""
+
+    key: tuple[float, int]
+    entry_id: str = field(compare=False)
+    frame: DetectionFrame = field(compare=False)
+    arrived: float = field(compare=False)  # monotonic time it was read
+
+
+@dataclass
+class Owned:
+    """A camera this instance holds the lease of."""
+
+    cfg: CameraConfig
+    analytics: CameraAnalytics
+    buffer: list[Pending] = field(default_factory=list)
+    backlog: str | None = "0"  # where to go on reading our pending entries (PEL); None: done
+    acks: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    dirty: bool = False
+
+
+@dataclass
+class Settings:
+    consumer: str
+    reorder_wait_s: float = 1.0
+    max_buffer: int = 64
+    lease_ms: int = 10_000
+    renew_s: float = 2.0
+    block_ms: int = 200
+    read_count: int = 256
+    events_maxlen: int = 100_000
+    discover: bool = True  # also analyse cameras that appear in keys.CAMERAS_SET
+
+
+class AnalyticsService:
+    def __init__(self, r: redis.Redis, cfg: CloudConfig, settings: Settings, mqtt=None) -> None:
+        self.r = r
+        self.cfg = cfg
+        self.s = settings
+        self.mqtt = mqtt  # optional publisher with .publish_events(camera, events, counts)
+        self.owned: dict[str, Owned] = {}
+        self._last_renew = 0.0
+
+    # ------------------------------------------------------------------ ownership
+
+    def cameras(self) -> dict[str, CameraConfig]:
+        cams = {c.id: c for c in self.cfg.cameras}
+        if self.s.discover:
+            for raw in self.r.smembers(keys.CAMERAS_SET):
+                cid = raw.decode() if isinstance(raw, bytes) else raw
+                cams.setdefault(cid, CameraConfig(id=cid, url="redis"))
+        return cams
+
+    def refresh_leases(self, now: float) -> None:
+        if now - self._last_renew < self.s.renew_s and self.owned:
+            return
+        self._last_renew = now
+        me = self.s.consumer
+        for cid, cam in self.cameras().items():
+            key = keys.analytics_owner_key(cid)
+            if cid in self.owned:
+                if not self.r.eval(RENEW, 1, key, me, self.s.lease_ms):
+                    log.warning("lost the lease of camera %s; dropping it", cid)
+                    del self.owned[cid]
+                continue
+            got = self.r.set(key, me, nx=True, px=self.s.lease_ms)
+            if not got and self.r.get(key) not in (me, me.encode()):
+                continue  # another live instance has it
+            if not got:
+                self.r.eval(RENEW, 1, key, me, self.s.lease_ms)  # our own lease from before a restart
+            self._take(cid, cam)
+
+    def _take(self, cid: str, cam: CameraConfig) -> None:
+        stream = keys.detections_stream(cid)
+        try:
+            self.r.xgroup_create(stream, keys.ANALYTICS_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        # Records a previous owner read but never acked are ours now.
+        start = "0-0"
+        while True:
+            start, _claimed, *_ = self.r.xautoclaim(stream, keys.ANALYTICS_GROUP, self.s.consumer, 0, start,
+                                                    count=1000, justid=True)
+            if start in (b"0-0", "0-0"):
+                break
+        self.owned[cid] = Owned(cam, self._load_state(cid, cam))
+        log.info("analysing camera %s (from seq %d)", cid, self.owned[cid].analytics.last_seq)
+
+    def _load_state(self, cid: str, cam: CameraConfig) -> CameraAnalytics:
+        raw = self.r.get(keys.analytics_state_key(cid))
+        if raw:
+            try:
+                state = pickle.loads(raw)
+                if state.get("version") == STATE_VERSION and isinstance(state.get("analytics"), CameraAnalytics):
+                    analytics = state["analytics"]
+                    analytics.apply_config(cam)
+                    return analytics
+                log.error("camera %s: checkpoint has version %r, expected %d; starting afresh",
+                          cid, state.get("version"), STATE_VERSION)
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means a fresh start, said loudly
+                log.error("camera %s: checkpoint unreadable (%s); starting afresh", cid, e)
+        return CameraAnalytics(cam)
+
+    # ------------------------------------------------------------------ one cycle
+
+    def step(self) -> int:
+        """Read what is there (blocking up to block_ms), process what is in order, commit. Returns records read."""
+        now = time.monotonic()
+        self.refresh_leases(now)
+        if not self.owned:
+            time.sleep(self.s.block_ms / 1000)
+            return 0
+        n = self._read()
+        for cid, own in list(self.owned.items()):
+            self._release(own, time.monotonic())
+            if own.acks or own.dirty:
+                self._commit(cid, own)
+        return n
+
+    def _read(self) -> int:
+        # First our own pending entries (after a start or a takeover), paged from id 0; then new ones.
+        backlog = {keys.detections_stream(c): o.backlog for c, o in self.owned.items() if o.backlog}
+        streams = backlog or {keys.detections_stream(c): ">" for c in self.owned}
+        block = None if backlog else self.s.block_ms
+        reply = self.r.xreadgroup(keys.ANALYTICS_GROUP, self.s.consumer, streams, count=self.s.read_count, block=block)
+        got = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in (reply or [])}
+        n = 0
+        for cid, own in self.owned.items():
+            stream = keys.detections_stream(cid)
+            entries = got.get(stream, [])
+            n += len(entries)
+            for entry_id, fields in entries:
+                self._admit(cid, own, entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields)
+            if stream in backlog:
+                last = entries[-1][0] if entries else None
+                own.backlog = (last.decode() if isinstance(last, bytes) else last) if len(entries) == self.s.read_count else None
+        return n
+
+    def _admit(self, cid: str, own: Owned, entry_id: str, fields: dict) -> None:
+        if any(p.entry_id == entry_id for p in own.buffer):
+            return
+        try:
+            if not fields:
+                raise RecordError("entry was deleted from the stream")
+            frame = parse_record(fields)
+            if frame.camera != cid:
+                raise RecordError(f"record of camera {frame.camera!r} in the stream of {cid!r}")
+        except RecordError as e:
+            log.error("camera %s: rejecting detection record %s: %s", cid, entry_id, e)
+            own.analytics.rejected_records += 1
+            own.acks.append(entry_id)
+            own.dirty = True
+            metrics.FRAMES.labels(stage="analytics", outcome="rejected").inc()
+            return
+        own.buffer.append(Pending((frame.capture_ts, frame.seq), entry_id, frame, time.monotonic()))
+        own.buffer.sort()
+
+    def _release(self, own: Owned, now: float) -> None:
+        """Process buffered frames in order: the next seq at once, a gap after reorder_wait_s."""
+        a = own.analytics
+        while own.buffer:
+            p = own.buffer[0]
+            f = p.frame
+            same = a.session == f.session
+            if (same and f.seq <= a.last_seq) or (not same and a.session is not None and f.capture_ts <= a.last_ts):
+                own.buffer.pop(0)  # redelivered or too late: already counted, or its moment has passed
+                own.acks.append(p.entry_id)
+                metrics.FRAMES.labels(stage="analytics", outcome="duplicate").inc()
+                continue
+            in_order = same and f.seq == a.last_seq + 1
+            waited = now - p.arrived >= self.s.reorder_wait_s or len(own.buffer) > self.s.max_buffer
+            if not (in_order or waited):
+                break
+            if same and f.seq > a.last_seq + 1:
+                a.skipped_frames += f.seq - a.last_seq - 1
+            own.buffer.pop(0)
+            own.events += a.process(f)
+            own.acks.append(p.entry_id)
+            own.dirty = True
+            metrics.FRAMES.labels(stage="analytics", outcome="processed").inc()
+
+    def _commit(self, cid: str, own: Owned) -> None:
+        owner_key = keys.analytics_owner_key(cid)
+        events, acks = own.events, own.acks
+        counts = own.analytics.counts_fields() if own.dirty else None
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(owner_key)
+                if pipe.get(owner_key) not in (self.s.consumer, self.s.consumer.encode()):
+                    raise redis.WatchError("lease lost")
+                pipe.multi()
+                for ev in events:
+                    pipe.xadd(keys.events_stream(cid), ev.to_fields(), maxlen=self.s.events_maxlen, approximate=True)
+                if counts is not None:
+                    pipe.delete(keys.counts_key(cid))
+                    pipe.hset(keys.counts_key(cid), mapping=counts)
+                    state = {"version": STATE_VERSION, "analytics": own.analytics}
+                    pipe.set(keys.analytics_state_key(cid), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+                results = pipe.execute()
+            except redis.WatchError:
+                log.warning("camera %s: lease lost before commit; another instance takes over", cid)
+                del self.owned[cid]
+                return
+        if acks:
+            self.r.xack(keys.detections_stream(cid), keys.ANALYTICS_GROUP, *acks)
+        own.events, own.acks, own.dirty = [], [], False
+        for ev, entry_id in zip(events, results):
+            eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            self.r.publish(keys.LIVE_EVENTS, ev.to_json(eid))
+        if self.mqtt is not None and (events or counts):
+            self.mqtt.publish(cid, events, own.analytics)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+                metrics.REDIS_UP.labels(service="analytics").set(1)
+            except redis.ConnectionError as e:
+                # In-memory state may be ahead of the checkpoint: forget it all, reload when Redis is back.
+                metrics.REDIS_UP.labels(service="analytics").set(0)
+                log.error("redis unreachable (%s); retrying in 1 s", e)
+                self.owned.clear()
+                stop.wait(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="split-infer analytics", description="Tracking, line and zone counts over "
+                                 "the detection streams (docs/analytics.md).")
+    ap.add_argument("--config", help="cloud YAML (CloudConfig: cameras with lines and zones)")
+    ap.add_argument("--redis-url", help="redis://host:port/db (default from config)")
+    ap.add_argument("--consumer", default=f"analytics-{socket.gethostname()}",
+                    help="consumer and lease name; keep it stable across restarts, unique per live instance")
+    ap.add_argument("--reorder-wait", type=float, default=1.0, help="seconds to wait for a missing seq")
+    ap.add_argument("--no-discover", action="store_true", help="only the cameras in the config")
+    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
+    ap.add_argument("--metrics-addr", default="127.0.0.1")
+    ap.add_argument("--mqtt", help="publish events to this MQTT broker, host[:port]")
+    ap.add_argument("--mqtt-prefix", default="frigate", help="MQTT topic prefix (Frigate layout)")
+    ap.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    cfg = load_yaml(args.config, CloudConfig) if args.config else CloudConfig()
+    r = redis.Redis.from_url(args.redis_url or cfg.redis_url)
+    mqtt = None
+    if args.mqtt:
+        from split_infer.analytics.mqtt import MqttPublisher
+
+        host, _, port = args.mqtt.partition(":")
+        mqtt = MqttPublisher(host, int(port or 1883), args.mqtt_prefix)
+    metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
+    service = AnalyticsService(r, cfg, Settings(consumer=args.consumer, reorder_wait_s=args.reorder_wait,
+                                                discover=not args.no_discover), mqtt=mqtt)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("analytics %s on %s", args.consumer, args.redis_url or cfg.redis_url)
+    service.run(stop)
+    return 0

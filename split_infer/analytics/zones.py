@@ -1,0 +1,73 @@
+"""Polygon zones: who is inside now (by the box's bottom centre), entries, exits and dwell time."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from split_infer.analytics.geometry import Point, polygon_distance
+from split_infer.config import ZoneConfig
+
+
+@dataclass
+class Stay:
+    class_name: str
+    since: float  # capture_ts of entry
+
+
+@dataclass
+class Zone:
+    name: str
+    polygon: np.ndarray
+    classes: frozenset[str]
+    margin: float = 4.0
+    inside: dict[int, Stay] = field(default_factory=dict)  # track id -> its current stay
+    entries: Counter[str] = field(default_factory=Counter)
+    exits: Counter[str] = field(default_factory=Counter)
+    dwell_total: Counter[str] = field(default_factory=Counter)  # seconds, of finished stays
+
+    @classmethod
+    def from_config(cls, cfg: ZoneConfig) -> "Zone":
+        return cls(name=cfg.name, polygon=np.asarray(cfg.polygon, dtype=float), classes=frozenset(cfg.classes),
+                   margin=cfg.margin)
+
+    def contains(self, p: Point) -> bool:
+        return polygon_distance(self.polygon, p) >= 0
+
+    def update(self, track_id: int, class_name: str, p: Point, ts: float) -> tuple[str, float | None] | None:
+        """Feed one observation; return ("enter", None) or ("exit", dwell_s) when the state changes."""
+        if class_name not in self.classes:
+            return None
+        d = polygon_distance(self.polygon, p)
+        stay = self.inside.get(track_id)
+        if stay is None and d >= self.margin:
+            self.inside[track_id] = Stay(class_name, ts)
+            self.entries[class_name] += 1
+            return ("enter", None)
+        if stay is not None and d <= -self.margin:
+            return ("exit", self._close(track_id, ts))
+        if stay is not None:
+            stay.class_name = class_name  # the class vote may settle after entry
+        return None
+
+    def leave(self, track_id: int, ts: float) -> float | None:
+        """The track is gone (lost by the tracker): close its stay if it had one."""
+        return self._close(track_id, ts) if track_id in self.inside else None
+
+    def _close(self, track_id: int, ts: float) -> float:
+        stay = self.inside.pop(track_id)
+        dwell = max(0.0, ts - stay.since)
+        self.exits[stay.class_name] += 1
+        self.dwell_total[stay.class_name] += dwell
+        return dwell
+
+    def occupancy(self) -> Counter[str]:
+        return Counter(s.class_name for s in self.inside.values())
+
+    def dwell_max(self, now: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in self.inside.values():
+            out[s.class_name] = max(out.get(s.class_name, 0.0), now - s.since)
+        return out
