@@ -38,3 +38,20 @@ def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve /metrics on addr:port (port 0 or None: metrics stay in-process only)."""
     if port:
         start_http_server(port, addr=addr)
+
+# -- edge node (split_infer.edge.node) ------------------------------------------------------------
+# outcome: acked (queued by the ingest), rejected (ingest said invalid), dropped_buffer (oldest
+# dropped while the cloud was unreachable or slow), dropped_superseded (a RETRY overtaken by a later
+# frame of its camera), skipped (newest-frame policy at capture), capped (fps cap).
+EDGE_FRAMES = Counter("edge_frames_total", "Edge frames by camera and outcome", ["camera", "outcome"])
+EDGE_BYTES = Counter("edge_bytes_sent_total", "Bytes the edge sent per camera (payload or snapshot)",
+                     ["camera", "kind"])
+EDGE_STAGE = Histogram(
+    "edge_stage_seconds", "Edge time per frame and stage (capture, preprocess, extract, encode)", ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+EDGE_BUFFER = Gauge("edge_buffer_frames", "Encoded frames waiting for the cloud")
+EDGE_INFLIGHT = Gauge("edge_inflight_frames", "Frames sent and not yet acknowledged")
+EDGE_CONNECTED = Gauge("edge_cloud_connected", "1 while the edge has a stream open to the ingest")
+EDGE_RECONNECTS = Counter("edge_cloud_reconnects_total", "Streams the edge re-opened after a failure")
+EDGE_CAMERA_UP = Gauge("edge_camera_up", "1 while the camera delivers frames to the edge", ["camera"])
