@@ -78,6 +78,7 @@ class FakeCamera:
     rng: random.Random
     analytics: CameraAnalytics
     seq: int = 0
+    last_capture: float = 0.0
     frames: int = 0
     bytes: int = 0
     movers: list[Mover] = field(default_factory=list)
@@ -117,8 +118,9 @@ class Feeder:
     def live(self) -> list[FakeCamera]:
         return [c for c in self.cams if c.id not in self.dead]
 
-    def step(self) -> None:
-        now = time.time()
+    def step(self, now: float | None = None) -> None:
+        """One frame per live camera at `now` (default: the clock; tests may replay a past stretch)."""
+        now = time.time() if now is None else now
         snap = now - self.last_snapshot >= self.snapshot_every_s
         if snap:
             self.last_snapshot = now
@@ -130,7 +132,9 @@ class Feeder:
     def _frame(self, cam: FakeCamera, p: redis.client.Pipeline, now: float, snap: bool) -> None:
         self._move(cam)
         cam.seq += 1
-        capture = now - 0.11 - 0.06 * cam.rng.random()
+        # Capture times only grow per camera, as an edge's do (tracking needs that order).
+        capture = max(cam.last_capture + 1e-3, now - 0.11 - 0.06 * cam.rng.random())
+        cam.last_capture = capture
         dets = []
         for m in cam.movers:
             w, h = SIZES[m.cls]

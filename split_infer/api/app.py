@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from pydantic import StringConstraints
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,7 +44,7 @@ from split_infer.api.models import (
 
 log = logging.getLogger(__name__)
 
-CameraId = Annotated[str, Path(pattern=CAMERA_ID_PATTERN, description="camera id")]
+CameraId = Annotated[str, Path(pattern=CAMERA_ID_PATTERN, description="camera id", examples=["cam-1"])]
 Limit = Annotated[int, Query(ge=1, le=1000, description="most items returned")]
 # Every data endpoint may answer these; declared so the schema (and schemathesis) knows them.
 ERRORS = {
@@ -221,11 +222,12 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
              responses={503: ERRORS[503], 422: ERRORS[422]})
     async def live_feed(
         request: Request, r: RedisDep,
-        camera: Annotated[list[str] | None, Query(description="only these cameras (repeatable)")] = None,
+        camera: Annotated[list[Annotated[str, StringConstraints(pattern=CAMERA_ID_PATTERN)]],
+                          Query(description="only these cameras (repeatable); default all")] = [],
     ) -> AsyncIterable[ServerSentEvent]:
         """Server-Sent Events: `detections`, `event`, `state`, `counts`, and `error` while Redis is down."""
         await r.ping()  # a feed that cannot start answers 503 rather than an empty stream
-        async for ev in live.feed(r, stale_after_s, camera):
+        async for ev in live.feed(r, stale_after_s, camera or None):
             yield ev
 
     # ------------------------------------------------------------------ dashboard
