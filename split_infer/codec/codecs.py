@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -148,15 +149,18 @@ class TemporalEncoder(Encoder):
     def _after(self, nbytes: int, key: bool) -> None:
         self._since_key = 1 if key else self._since_key + 1
 
+    def _key_scales(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = quant.channel_range(x)
+        pad = (hi - lo) * self.headroom
+        return quant.affine_params(lo - pad, hi + pad, self.bits)
+
     def _encode(self, tensors, key):
         recs = []
         if key:
             self._refs = {}
         for name, x in tensors.items():
             if key:
-                lo, hi = quant.channel_range(x)
-                pad = (hi - lo) * self.headroom
-                scale, offset = quant.affine_params(lo - pad, hi + pad, self.bits)
+                scale, offset = self._key_scales(x)
                 codes = quant.quantise(x, scale, offset, self.bits)
                 self._refs[name] = _Ref(codes, scale, offset, self.bits)
                 recs.append(TensorRecord(name, np.dtype("<f4"), x.shape, Q_AFFINE, self.bits, scale, offset,
@@ -181,6 +185,7 @@ class Decoder:
 
     def __init__(self, limits: Limits = Limits(), learned_dir: str | None = None) -> None:
         self.limits, self.learned_dir = limits, learned_dir
+        self._models: dict = {}
         self._refs: dict[str, _Ref] = {}
         self._last_seq: int | None = None
         self._stream: int | None = None
@@ -202,13 +207,29 @@ class Decoder:
         self.needs_key_frame, self.last_frame = False, frame
         return out
 
-    def _decode(self, frame: Frame) -> dict[str, np.ndarray]:
-        if frame.codec == "learned":
-            from split_infer.codec.learned import decode_frame  # numpy-only runtime
+    def learned_model(self, model_id: str):
+        """The learned codec model with this id, from `learned_dir` (loaded once)."""
+        from split_infer.codec.learned import LearnedModel
 
-            if not frame.key:
-                self._check_order(frame)
-            return decode_frame(frame, self)
+        if model_id not in self._models:
+            if self.learned_dir is None:
+                raise CodecError(f"learned codec frame (model {model_id!r}) but this decoder has no learned_dir")
+            for path in sorted(Path(self.learned_dir).glob("*.npz")):
+                m = LearnedModel.load(path)
+                self._models.setdefault(m.model_id, m)
+            if model_id not in self._models:
+                raise CodecError(f"learned codec model {model_id!r} not found in {self.learned_dir}")
+        return self._models[model_id]
+
+    def _decode(self, frame: Frame) -> dict[str, np.ndarray]:
+        out = self._decode_codes(frame)
+        if frame.codec == "learned":
+            from split_infer.codec.learned import reconstruct
+
+            return reconstruct(out, frame.params, self)
+        return out
+
+    def _decode_codes(self, frame: Frame) -> dict[str, np.ndarray]:
         if not frame.key:
             self._check_order(frame)
         refs, out = {}, {}
@@ -220,7 +241,7 @@ class Decoder:
                 raise CodecError(f"tensor {t.name}: symbol coding belongs to the learned codec")
             codes = np.frombuffer(t.body, np.uint8).reshape(t.shape)
             if t.mode == Q_AFFINE:
-                if not frame.key and frame.codec == "temporal":
+                if not frame.key and frame.codec != "q8-zstd":
                     raise CodecError(f"tensor {t.name}: absolute codes in a delta frame")
                 ref = _Ref(codes.copy(), t.scales, t.offsets, t.bits)
             else:  # Q_DELTA

@@ -1,0 +1,62 @@
+"""`split-infer codec ...`: train and inspect learned feature codecs.
+
+    split-infer codec train --video street.mp4 --frames 0:367 --out models/street.npz
+    split-infer codec train --video cam7.mp4 --init models/street.npz --steps 150 --out models/cam7.npz
+    split-infer codec info models/street.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _span(text: str) -> tuple[int, int | None]:
+    a, _, b = text.partition(":")
+    return int(a or 0), (int(b) if b else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="split-infer codec", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train (or fine-tune with --init) a learned bottleneck on a camera's footage")
+    t.add_argument("--video", required=True)
+    t.add_argument("--out", required=True, help="model file to write (.npz)")
+    t.add_argument("--frames", type=_span, default=(0, None), help="frame range A:B to train on (default: all)")
+    t.add_argument("--every", type=int, default=2, help="use every N-th frame")
+    t.add_argument("--init", help="start from this model: per-camera fine-tuning")
+    t.add_argument("--steps", type=int, default=120, help="distillation steps through the frozen head")
+    t.add_argument("--pretrain-steps", type=int, default=400, help="cheap feature-reconstruction steps first")
+    t.add_argument("--channels", type=int, default=12)
+    t.add_argument("--rate-weight", type=float, default=0.02)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--model", default="yolov5s")
+    t.add_argument("--cut", type=int, default=4)
+    t.add_argument("--imgsz", default="640x384")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--max-minutes", type=float, default=60.0)
+    i = sub.add_parser("info", help="print a model file's metadata")
+    i.add_argument("path")
+    args = ap.parse_args(argv)
+    if args.cmd == "info":
+        from split_infer.codec.learned import LearnedModel
+
+        m = LearnedModel.load(args.path)
+        print(json.dumps({"id": m.model_id, **m.meta}, indent=1))
+        return 0
+    from split_infer.codec.train import train
+    from split_infer.preprocess import parse_imgsz
+
+    if args.init and args.channels != 12:
+        print("note: --channels is taken from the --init model", file=sys.stderr)
+    train(args.video, args.out, frames=args.frames, every=args.every, steps=args.steps, pretrain_steps=args.pretrain_steps, channels=args.channels,
+          batch=args.batch, lr=args.lr, rate_weight=args.rate_weight, init=args.init, model_name=args.model,
+          cut=args.cut, imgsz=parse_imgsz(args.imgsz), threads=args.threads, max_seconds=args.max_minutes * 60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""The learned bottleneck's runtime, in numpy (no torch on the edge).
+
+A model file (.npz, written by `split-infer codec train`) holds a small encoder that runs after
+the cut on the edge (1x1 conv 128->H, SiLU, 3x3 conv H->C) and a decoder that runs before the
+head in the cloud (3x3 conv C->H2, SiLU, 3x3 conv H2->128, SiLU), plus JSON metadata (the
+footage it was trained on, the cut, the tensor it replaces). The latent is rounded to integers
+(divided by `step` first: a coarser step spends fewer bits) and travels as 8-bit codes through
+the same temporal delta + dead zone + zstd path as the training-free codec: traffic cameras are
+static, so most latent values repeat from frame to frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from split_infer.codec.errors import CodecError
+from split_infer.codec.codecs import TemporalEncoder
+
+LATENT = "z"  # the latent's tensor name on the wire
+ZERO_CODE = 128  # the code of latent value 0
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Same-padded stride-1 conv of one image x [Cin, H, W] with w [Cout, Cin, k, k] (k odd).
+
+    One matmul over the padded input for all k*k taps, then shifted sums of the outputs:
+    far cheaper than im2col for the small output channel counts used here."""
+    cout, cin, k, _ = w.shape
+    _, h, wd = x.shape
+    if k == 1:
+        return (w[:, :, 0, 0] @ x.reshape(cin, -1)).reshape(cout, h, wd) + b[:, None, None]
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p)))
+    taps = w.transpose(2, 3, 0, 1).reshape(k * k * cout, cin)  # [(dy, dx, cout), cin]
+    z = (taps @ xp.reshape(cin, -1)).reshape(k, k, cout, h + 2 * p, wd + 2 * p)
+    out = np.empty((cout, h, wd), np.float32)
+    out[:] = b[:, None, None]
+    for dy in range(k):
+        for dx in range(k):
+            out += z[dy, dx, :, dy:dy + h, dx:dx + wd]
+    return out
+
+
+@dataclass
+class LearnedModel:
+    weights: dict[str, np.ndarray]
+    meta: dict
+    model_id: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LearnedModel":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"learned codec model not found: {path}")
+        with np.load(path, allow_pickle=False) as npz:
+            weights = {k: npz[k].astype(np.float32) for k in npz.files if k != "meta"}
+            meta = json.loads(bytes(npz["meta"]).decode())
+        digest = hashlib.sha256()
+        for k in sorted(weights):
+            digest.update(k.encode()); digest.update(weights[k].tobytes())
+        return cls(weights, meta, digest.hexdigest()[:16])
+
+    @property
+    def tensor(self) -> str:
+        return self.meta.get("tensor", "x4")
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """[1, 128, H, W] features -> [1, C, H, W] latent (float, before rounding)."""
+        w = self.weights
+        h = silu(conv(x[0], w["enc1.weight"], w["enc1.bias"]))
+        return conv(h, w["enc2.weight"], w["enc2.bias"])[None]
+
+    def decode(self, y: np.ndarray) -> np.ndarray:
+        w = self.weights
+        h = silu(conv(y[0].astype(np.float32), w["dec1.weight"], w["dec1.bias"]))
+        return silu(conv(h, w["dec2.weight"], w["dec2.bias"]))[None]
+
+
+class LearnedEncoder(TemporalEncoder):
+    """Learned bottleneck + temporal delta coding of its integer latent.
+
+    step: quantisation step of the latent (1.0 = as trained; larger = fewer bytes);
+    deadzone: latent changes under this many steps are not sent (1 = exact)."""
+
+    codec = "learned"
+
+    def __init__(self, path: str, step: float = 1.0, deadzone: int = 1, key_interval: int = 30, **kw) -> None:
+        super().__init__(bits=8, deadzone=deadzone, key_interval=key_interval, **kw)
+        self.model = LearnedModel.load(path)
+        if self.cut is None:
+            self.cut = self.model.meta.get("cut")
+        if not step > 0:
+            raise ValueError("step must be positive")
+        self.step = float(step)
+
+    @property
+    def params(self) -> dict:
+        return {"model": self.model.model_id, "step": self.step, "deadzone": self.deadzone,
+                "key_interval": self.key_interval, "tensor": self.model.tensor}
+
+    def _wants_key(self, tensors) -> bool:
+        ref = self._refs.get(LATENT)
+        x = next(iter(tensors.values()))
+        return self._since_key >= self.key_interval or ref is None or ref.codes.shape[2:] != x.shape[2:]
+
+    def _encode(self, tensors, key):
+        name = self.model.tensor
+        if set(tensors) != {name}:
+            raise CodecError(f"this learned codec takes exactly the tensor {name!r}, got {sorted(tensors)}")
+        return super()._encode({LATENT: self.model.encode(tensors[name])}, key)
+
+    def _key_scales(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # codes = round(y / step) + 128: an affine code with a fixed scale, clipped to +-127 steps
+        c = x.shape[1]
+        return np.full(c, self.step, np.float32), np.full(c, -ZERO_CODE * self.step, np.float32)
+
+
+def reconstruct(latents: dict[str, np.ndarray], params: dict, decoder) -> dict[str, np.ndarray]:
+    """Cloud side: dequantised latent -> the features the head expects."""
+    if set(latents) != {LATENT}:
+        raise CodecError(f"a learned frame carries exactly the tensor {LATENT!r}")
+    model = decoder.learned_model(str(params.get("model", "")))
+    tensor = str(params.get("tensor", model.tensor))
+    y = latents[LATENT]
+    cin = model.weights["dec1.weight"].shape[1]
+    if y.ndim != 4 or y.shape[0] != 1 or y.shape[1] != cin:
+        raise CodecError(f"latent shape {y.shape} does not fit model {model.model_id} ({cin} channels)")
+    return {tensor: model.decode(y)}
+

@@ -1,0 +1,96 @@
+"""The learned bottleneck: numpy runtime == torch training graph, wire round trip, model lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from split_infer.codec import CodecError, make_decoder, make_encoder
+from split_infer.codec.learned import LearnedModel, conv
+from split_infer.codec.train import build, save
+from split_infer.codec.wire import unpack
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = build(channels=6, hidden=16, dec_hidden=24, cin=32)
+    with torch.no_grad():
+        net.enc2.weight.mul_(4)  # spread the latent over several integer steps
+    path = tmp_path_factory.mktemp("learned") / "m.npz"
+    save(net, str(path), {"cut": 4, "tensor": "x4", "trained_on": {"video": "synthetic", "frames": [0, 0]}})
+    return path
+
+
+def feats(i: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((1, 32, 12, 20)).astype(np.float32)
+    return base + 0.01 * i * np.random.default_rng(i).standard_normal(base.shape).astype(np.float32)
+
+
+def test_numpy_conv_matches_torch() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 7, 9)).astype(np.float32)
+    for k in (1, 3):
+        w = rng.standard_normal((4, 5, k, k)).astype(np.float32)
+        b = rng.standard_normal(4).astype(np.float32)
+        ref = torch.nn.functional.conv2d(torch.from_numpy(x[None]), torch.from_numpy(w), torch.from_numpy(b),
+                                         padding=k // 2)[0].numpy()
+        np.testing.assert_allclose(conv(x, w, b), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_runtime_matches_the_trained_network(model_file: Path) -> None:
+    from split_infer.codec.train import build as _build
+
+    m = LearnedModel.load(model_file)
+    net = _build(6, hidden=16, dec_hidden=24, cin=32)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in m.weights.items()})
+    x = feats()
+    with torch.no_grad():
+        y_ref = net.encode(torch.from_numpy(x)).numpy()
+        x_ref = net.decode(torch.from_numpy(np.round(y_ref))).numpy()
+    np.testing.assert_allclose(m.encode(x), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m.decode(np.round(y_ref)), x_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_learned_stream_round_trip(model_file: Path) -> None:
+    m = LearnedModel.load(model_file)
+    enc = make_encoder(f"learned:{model_file}", key_interval=4)
+    dec = make_decoder(learned_dir=str(model_file.parent))
+    for i in range(6):
+        x = feats(i)
+        p = enc.encode({"x4": x})
+        frame = unpack(p)
+        assert frame.codec == "learned" and frame.key == (i % 4 == 0) and frame.params["model"] == m.model_id
+        out = dec.decode(p)["x4"]
+        # exactly the decoder network applied to the rounded latent (deadzone 1 = lossless latent)
+        np.testing.assert_allclose(out, m.decode(np.clip(np.round(m.encode(x)), -128, 127)), rtol=1e-4, atol=1e-4)
+
+
+def test_coarser_step_spends_fewer_bytes(model_file: Path) -> None:
+    sizes = [len(make_encoder(f"learned:{model_file}", step=s).encode({"x4": feats()})) for s in (1.0, 4.0)]
+    assert sizes[1] < sizes[0]
+
+
+def test_learned_frames_need_the_model(model_file: Path, tmp_path: Path) -> None:
+    p = make_encoder(f"learned:{model_file}").encode({"x4": feats()})
+    with pytest.raises(CodecError, match="learned_dir"):
+        make_decoder().decode(p)
+    with pytest.raises(CodecError, match="not found"):
+        make_decoder(learned_dir=str(tmp_path)).decode(p)
+    with pytest.raises(CodecError, match="exactly the tensor"):
+        make_encoder(f"learned:{model_file}").encode({"x6": feats()})
+    with pytest.raises(FileNotFoundError):
+        make_encoder(f"learned:{tmp_path / 'nope.npz'}")
+
+
+def test_lost_learned_frame_is_refused(model_file: Path) -> None:
+    enc = make_encoder(f"learned:{model_file}", key_interval=100)
+    dec = make_decoder(learned_dir=str(model_file.parent))
+    p = [enc.encode({"x4": feats(i)}) for i in range(3)]
+    dec.decode(p[0])
+    with pytest.raises(CodecError, match="lost"):
+        dec.decode(p[2])
