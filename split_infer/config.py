@@ -133,6 +133,13 @@ class WorkerSettings(Strict):
     done_ttl_s: int = Field(default=3600, ge=1)  # how long (camera, session, seq) stays deduplicated
     detections_maxlen: int = Field(default=100_000, ge=1)  # approximate cap per detections stream
     streams_refresh_s: float = Field(default=2.0, gt=0)  # how often new cameras are discovered
+    # Batching policy (split_infer.batching.policy): adaptive picks each batch from the measured
+    # cost per batch size and the latency objective (latency_slo_ms); fixed/triton/aimd for comparison.
+    batching: Literal["adaptive", "fixed", "triton", "aimd"] = "adaptive"
+    cost_file: Path | None = None  # head cost per batch size (JSON); None: profiled at start-up
+    profile_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    overload: Literal["shed", "late"] = "shed"  # a frame that can no longer meet the objective
+    prefetch: int = Field(default=0, ge=0)  # frames read ahead for the policy to see; 0: 2 x max_batch
 
 
 class CloudConfig(Strict):

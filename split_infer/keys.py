@@ -36,6 +36,10 @@ def done_key(camera: str, session: str, seq: int) -> str:
 # Frames a worker could not process (corrupt payload, poison frame), with the reason.
 DEAD_LETTER = f"{PREFIX}:deadletter"
 
+# Frames the batching policy shed (could no longer meet the latency objective): fields `camera`,
+# `session`, `seq`, `capture_ts`, `reason`. Each frame ends as one detection record or one of these.
+DROPPED = f"{PREFIX}:dropped"
+
 
 ANALYTICS_GROUP = "analytics"
 
@@ -66,9 +70,10 @@ def counts_key(camera: str) -> str:
 
 def set_prefix(prefix: str) -> None:
     """Move every key to another namespace; the module-level names below follow it."""
-    global PREFIX, LIVE_DETECTIONS, LIVE_EVENTS, CAMERAS_SET, DEAD_LETTER
+    global PREFIX, LIVE_DETECTIONS, LIVE_EVENTS, CAMERAS_SET, DEAD_LETTER, DROPPED
     PREFIX = prefix
     DEAD_LETTER = f"{PREFIX}:deadletter"
+    DROPPED = f"{PREFIX}:dropped"
     LIVE_DETECTIONS = f"{PREFIX}:live:detections"
     LIVE_EVENTS = f"{PREFIX}:live:events"
     CAMERAS_SET = f"{PREFIX}:cameras"

@@ -203,7 +203,10 @@ def test_sigkill_mid_run_loses_and_doubles_nothing_with_the_real_head(r, tmp_pat
     frames = real_features(n)
     data = shared_data()
     model = {"name": str(data / "yolov5n.pt"), "cut": 4, "imgsz": list(REAL_IMGSZ)}
+    # Frames are queued before the workers start: a generous objective keeps the adaptive policy
+    # from shedding them (shedding is tested above); this test is about claiming.
     conf = {"redis_url": "redis://127.0.0.1:6379/0", "model": model, "head_runtime": "auto",
+            "latency_slo_ms": 600_000,
             "worker": {"max_batch": 4, "claim_idle_ms": 1500, "claim_interval_s": 0.3, "block_ms": 100,
                        "streams_refresh_s": 0.2}}
     path = tmp_path / "cloud.yaml"
@@ -270,3 +273,29 @@ def test_sigkill_mid_run_loses_and_doubles_nothing_with_the_real_head(r, tmp_pat
                 assert np.allclose(a_["box"], b_["box"], atol=0.5)
             cars += sum(d["class_name"] == "car" for d in have)
     assert cars > 0  # real traffic footage: the head does see cars
+
+
+def test_adaptive_policy_sheds_late_frames_once_and_runs_fresh_ones(r):
+    from split_infer.batching.cost import CostModel
+    from split_infer.batching.policy import make_policy
+
+    policy = make_policy("adaptive", slo_ms=200, max_batch=4, cost=CostModel({1: 5.0, 2: 10.0, 4: 20.0}))
+    enqueue(r, "cam-a", range(4))
+    stale = time.time() - 5  # captured 5 s ago: cannot meet a 200 ms objective any more
+    for seq in range(4, 7):
+        r.xadd(keys.frames_stream("cam-a"), {"camera": "cam-a", "session": "s1", "seq": seq,
+                                             "capture_ts": repr(stale), "ingest_ts": repr(stale + 0.01),
+                                             "width": 640, "height": 360, "timings": "{}",
+                                             "payload": make_encoder("q8-zstd").encode(features(seq))})
+    w = Worker(cfg(max_batch=4), r, fake_head, policy=policy, name="w1")
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    done = sorted(int(x["seq"]) for x in records(r, "cam-a"))
+    dropped = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.DROPPED)]
+    assert done == [0, 1, 2, 3]
+    assert sorted(int(d["seq"]) for d in dropped) == [4, 5, 6] and {d["reason"] for d in dropped} == {"deadline"}
+    # Redelivered shed frames stay shed once: no record, no second drop.
+    r.xadd(keys.frames_stream("cam-a"), {"camera": "cam-a", "session": "s1", "seq": 5, "capture_ts": repr(stale),
+                                         "ingest_ts": repr(stale), "width": 640, "height": 360,
+                                         "payload": make_encoder("q8-zstd").encode(features(5))})
+    run_until(w, lambda: settled(r, ["cam-a"]))
+    assert r.xlen(keys.DROPPED) == 3 and len(records(r, "cam-a")) == 4

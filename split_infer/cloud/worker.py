@@ -37,13 +37,14 @@ log = logging.getLogger("split_infer.worker")
 # head(features batched on axis 0, [(width, height)] per frame) -> detections per frame
 HeadFn = Callable[[dict[str, np.ndarray], list[tuple[int, int]]], list[list[dict]]]
 
-# Atomic "write once, then acknowledge". KEYS: done key, detections stream, frames stream.
-# ARGV: ttl, group, entry id, maxlen, live channel, live message, field/value pairs of the record.
+# Atomic "write once, then acknowledge". KEYS: done key, target stream (detections, or the dropped
+# stream for a shed frame), frames stream. ARGV: ttl, group, entry id, maxlen, live channel ('' =
+# none), live message, field/value pairs of the record.
 WRITE_ONCE = """
 local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 if fresh then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 end
 redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
@@ -53,15 +54,21 @@ return 0
 
 
 class TakeQueued:
-    """Fallback batching policy until the adaptive one is available: take what is queued, up to a max."""
+    """Take what is queued, up to a max (the fallback policy), on the batching interface."""
+
+    name = "take-queued"
 
     def __init__(self, max_batch: int) -> None:
-        self.max_batch = max_batch
+        from split_infer.batching.policy import PolicyMetrics
 
-    def choose(self, queued: int, oldest_age_s: float = 0.0) -> int:
-        return max(1, min(self.max_batch, queued))
+        self.max_batch, self.metrics = max_batch, PolicyMetrics()
 
-    def observe(self, batch_size: int, seconds: float) -> None:
+    def next_batch(self, queue, now: float):
+        from split_infer.batching.policy import Decision
+
+        return Decision(take=queue.fifo(self.max_batch))
+
+    def on_batch_done(self, batch_size: int, service_ms: float, now: float) -> None:
         pass
 
 
@@ -96,6 +103,11 @@ class Worker:
         self.cfg, self.r, self.head = cfg, r, head
         self.s = cfg.worker
         self.policy = policy or TakeQueued(self.s.max_batch)
+        self.prefetch = self.s.prefetch or 2 * self.s.max_batch
+        self.arrived = 0  # frames ever delivered to this worker (the policy's arrival-rate input)
+        self._wait_until: float | None = None  # the policy asked to be called again then
+        self._next_depth = 0.0
+        self.shed = 0
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.write_once = r.register_script(WRITE_ONCE)
         self.streams: list[str] = []
@@ -141,6 +153,8 @@ class Worker:
                     for (eid, fields) in entries:
                         eid = _decode_id(eid)
                         e = Entry(s, eid, fields or {})
+                        if (s, eid) in self.backlog:
+                            continue  # ours, only waiting for the policy: not a dead worker's
                         if counts.get(eid, 0) > self.s.max_deliveries:
                             self.dead_letter(e, f"delivered {counts[eid]} times without success (poison frame?)")
                         elif fields:
@@ -158,20 +172,23 @@ class Worker:
         pend = self.r.xpending_range(stream, keys.FRAMES_GROUP, min=ids[0], max=ids[-1], count=len(ids) + 64)
         return {_decode_id(p["message_id"]): int(p["times_delivered"]) for p in pend}
 
-    def read_new(self, want: int, block: bool) -> None:
+    def read_new(self, want: int, block_ms: int | None) -> None:
+        """Read up to `want` new frames (XREADGROUP counts per stream: the surplus waits in the backlog)."""
         if not self.streams or want <= 0:
-            if block:
-                time.sleep(self.s.block_ms / 1000)
+            if block_ms:
+                time.sleep(block_ms / 1000)
             return
         resp = self.r.xreadgroup(keys.FRAMES_GROUP, self.name, {s: ">" for s in self.streams}, count=want,
-                                 block=self.s.block_ms if block else None)
+                                 block=block_ms)
         for stream, entries in resp or []:
             stream = _decode_id(stream)
             for eid, fields in entries:
                 eid = _decode_id(eid)
                 self.backlog[(stream, eid)] = Entry(stream, eid, fields or {})
+                self.arrived += 1
 
     def queue_depths(self) -> dict[str, int]:
+        """XLEN per camera stream (queued + in flight), exported as queue_depth."""
         pipe = self.r.pipeline(transaction=False)
         for s in self.streams:
             pipe.xlen(s)
@@ -197,12 +214,39 @@ class Worker:
         self.dead += 1
         metrics.FRAMES.labels("worker", "dead_letter").inc()
 
-    def _take_batch(self, n: int) -> list[Entry]:
-        """The n oldest frames (by capture time) of the backlog: no camera waits behind another."""
-        chosen = sorted(self.backlog.values(), key=lambda e: e.capture_ts)[:n]
-        for e in chosen:
-            del self.backlog[(e.stream, e.id)]
-        return chosen
+    def _view(self, closing: bool = False):
+        from split_infer.batching.policy import Frame, QueueView
+
+        frames = []
+        for e in self.backlog.values():
+            try:
+                arrival = float(e.get("ingest_ts") or 0) or e.capture_ts
+            except ValueError:
+                arrival = e.capture_ts
+            frames.append(Frame(e.camera, e.capture_ts, arrival, (e.stream, e.id)))
+        return QueueView.of(frames, arrived_total=self.arrived, closing=closing)
+
+    def _pop(self, frames) -> list[Entry]:
+        return [self.backlog.pop(f.key) for f in frames if f.key in self.backlog]
+
+    def drop(self, shed) -> None:
+        """Frames the policy shed: acknowledged, each recorded once in the dropped stream."""
+        pipe = self.r.pipeline(transaction=False)
+        for f, reason in shed:
+            e = self.backlog.pop(f.key, None)
+            if e is None:
+                continue
+            record = {"camera": e.camera, "session": e.get("session"), "seq": e.get("seq"),
+                      "capture_ts": e.get("capture_ts"), "reason": reason, "worker": self.name,
+                      "ts": repr(time.time())}
+            argv: list = [self.s.done_ttl_s, keys.FRAMES_GROUP, e.id, self.s.detections_maxlen, "", ""]
+            for k, v in record.items():
+                argv += [k, v]
+            self.write_once(keys=[keys.done_key(e.camera, e.get("session"), e.get("seq")), keys.DROPPED, e.stream],
+                            args=argv, client=pipe)
+            metrics.FRAMES.labels("worker", f"shed_{reason}").inc()
+            self.shed += 1
+        pipe.execute()
 
     def _decode(self, batch: list[Entry]) -> list[tuple[Entry, dict[str, np.ndarray]]]:
         good = []
@@ -237,7 +281,7 @@ class Worker:
                 raise RuntimeError(f"head returned {len(dets)} results for {len(items)} frames")
             metrics.HEAD_SECONDS.observe(head_s)
             metrics.BATCH_SIZE.observe(len(items))
-            self.policy.observe(len(items), head_s)
+            self.policy.on_batch_done(len(items), head_s * 1000.0, time.time())
             written += self._write(items, dets, head_s, t_read)
         return written
 
@@ -280,19 +324,34 @@ class Worker:
     # -- main loop -----------------------------------------------------------------------------
 
     def step(self) -> int:
-        """One iteration: refresh, claim, read, process one batch. Returns frames written."""
+        """One iteration: refresh, claim, read, ask the policy, run at most one batch. Returns frames written."""
         self.refresh_streams()
         self.claim_stale()
-        depths = self.queue_depths() if self.streams else {}
-        queued = sum(depths.values())
-        oldest = min((e.capture_ts for e in self.backlog.values()), default=0.0)
-        n = self.policy.choose(queued, time.time() - oldest if oldest else 0.0)
-        metrics.BATCH_CHOICE.set(n)
-        if len(self.backlog) < n:
-            self.read_new(n - len(self.backlog), block=not self.backlog)
+        now = time.time()
+        if now >= self._next_depth and self.streams:
+            self.queue_depths()
+            self._next_depth = now + 0.5
+        if len(self.backlog) < self.prefetch:
+            if not self.backlog:
+                block: int | None = self.s.block_ms
+            elif self._wait_until is not None:
+                block = max(1, min(self.s.block_ms, int((self._wait_until - now) * 1000)))
+            else:
+                block = None
+            self.read_new(self.prefetch - len(self.backlog), block)
         if not self.backlog:
             return 0
-        batch = self._take_batch(n)
+        d = self.policy.next_batch(self._view(), time.time())
+        if d.shed:
+            self.drop(d.shed)
+        if not d.take:
+            self._wait_until = d.wait_until
+            if d.wait_until is None and len(self.backlog) >= self.prefetch:
+                time.sleep(self.s.block_ms / 1000)  # waiting for arrivals we cannot read: do not spin
+            return 0
+        self._wait_until = None
+        metrics.BATCH_CHOICE.set(len(d.take))
+        batch = self._pop(d.take)
         try:
             return self.process(batch)
         except RedisError:
@@ -335,7 +394,13 @@ class Worker:
         """On a clean stop, finish what was delivered to us, so nobody has to wait to claim it."""
         try:
             while self.backlog:
-                self.process(self._take_batch(self.policy.choose(len(self.backlog))))
+                d = self.policy.next_batch(self._view(closing=True), time.time())
+                if d.shed:
+                    self.drop(d.shed)
+                if d.take:
+                    self.process(self._pop(d.take))
+                elif not d.shed:
+                    break
         except Exception as e:  # whatever is left stays pending and is claimed by another worker
             log.warning("stopping with %d frame(s) pending (%s)", len(self.backlog), e)
 
@@ -363,13 +428,39 @@ def load_head(spec: str, cfg: CloudConfig) -> HeadFn:
     return factory(cfg)
 
 
-def make_policy(cfg: CloudConfig):
-    """The traffic-adaptive batching policy when available, else take-what-is-queued."""
-    try:
-        from split_infer.batching.policy import make_worker_policy  # type: ignore[attr-defined]
-    except ImportError:
-        return TakeQueued(cfg.worker.max_batch)
-    return make_worker_policy(cfg)
+def make_policy(cfg: CloudConfig, head: HeadFn):
+    """The configured batching policy; the adaptive one gets this device's head cost per batch size."""
+    from split_infer.batching.cost import CostModel
+    from split_infer.batching.policy import make_policy as make
+
+    w = cfg.worker
+    if w.batching != "adaptive":
+        return make(w.batching, slo_ms=cfg.latency_slo_ms, max_batch=w.max_batch, batch_size=w.max_batch)
+    if w.cost_file:
+        cost = CostModel.load(w.cost_file)
+        log.info("head cost from %s: %s", w.cost_file, cost)
+    else:
+        cost = profile_head(cfg, head)
+    return make("adaptive", slo_ms=cfg.latency_slo_ms, max_batch=w.max_batch, cost=cost, overload=w.overload)
+
+
+def profile_head(cfg: CloudConfig, head: HeadFn):
+    """Time the head on zero features for each profile size (the CostModel then learns online)."""
+    from split_infer.batching.cost import CostModel
+    from split_infer.cloud.head import _edge_shapes
+
+    m = cfg.model
+    shapes = _edge_shapes(m.name, m.cut, tuple(m.imgsz))
+    sizes = [b for b in cfg.worker.profile_sizes if b <= cfg.worker.max_batch] or [1]
+
+    def run(b: int) -> None:
+        head({k: np.zeros((b, *s), np.float32) for k, s in shapes.items()}, [tuple(m.imgsz)] * b)
+
+    t0 = time.perf_counter()
+    cost = CostModel.profile(run, sizes=sizes, warmup=1, repeats=3, device=f"head {m.name} cut {m.cut}")
+    log.info("profiled the head in %.1f s: %s", time.perf_counter() - t0,
+             ", ".join(f"b={b}: {cost.ms(b):.1f} ms" for b in cost.sizes))
+    return cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,12 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
     head = load_head(args.head, cfg)
     r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2, socket_timeout=max(5, cfg.worker.block_ms / 1000 + 5))
-    worker = Worker(cfg, r, head, make_policy(cfg), args.name)
+    worker = Worker(cfg, r, head, make_policy(cfg, head), args.name)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     log.info("worker %s up: redis %s, max batch %d", worker.name, cfg.redis_url, cfg.worker.max_batch)
     worker.run(stop, args.max_frames)
-    log.info("worker %s stopped: %d written, %d duplicates, %d dead-lettered", worker.name, worker.processed,
-             worker.duplicates, worker.dead)
+    log.info("worker %s stopped: %d written, %d duplicates, %d shed, %d dead-lettered", worker.name,
+             worker.processed, worker.duplicates, worker.shed, worker.dead)
     return 0
