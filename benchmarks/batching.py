@@ -12,7 +12,8 @@ Cost curves (ms per batch of the cloud head):
 
 Traces (split_infer.batching.traces, fixed seed) are sized to each curve: rates are multiples of
 the curve's batch-1 capacity mu1 = 1000 / ms(1): night 0.1 mu1, steady and poisson 0.6 mu1, rush
-(a compressed day) peaking at 1.0 mu1 before bursts. They are written as CSV files under
+(a compressed day) peaking at 1.0 mu1 before bursts; each lasts --duration seconds, or longer
+when needed for ~2000 frames at 0.6 mu1. They are written as CSV files under
 --trace-dir; --trace FILE replays a recorded trace as is against every curve.
 
 A curve whose batch of one cannot meet --slo-ms (ms(1) + ~60 ms of edge and network time >= 75%
@@ -21,7 +22,9 @@ of it) is also run at a relaxed objective of 4 x ms(1) (rounded up to 100 ms), a
 
 JSON layout: "traces" -> "<trace>@<curve>" -> policy -> {throughput_fps, p50_ms, p99_ms, slo_met,
 per_camera_slo_met, shed, mean_batch, ...}; "curves" describes each curve; "targets" checks the
-issue's targets per trace. Every policy object is the one the worker uses (make_policy).
+issue's targets per trace ("adaptive-gpu-prior", on the CPU curves only, is the adaptive policy
+started from the GPU curve as its profile: it shows the policy learning that batching gains
+nothing here; it is not one of the "other" policies of the targets). Every policy object is the one the worker uses (make_policy).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def measure_cpu(threads: int, repeats: int) -> CostModel:
     model = CostModel.profile(run, SIZES, warmup=1, repeats=repeats,
                               device=f"cpu ({cpu}, {os.cpu_count()} cores, torch {threads} thread(s))")
     model.meta.update({"source": source, "imgsz": [640, 384], "cut": 4, "measured": True,
+                       "load_average_1m": round(os.getloadavg()[0], 2),  # a shared machine: say how busy
                        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return model
 
@@ -82,7 +86,7 @@ def policies(slo_ms: float, cost: CostModel) -> list:
 
 def targets(results: dict[str, dict], bursty: bool) -> dict:
     ad = results["adaptive"]["slo_met"]
-    others = {k: v["slo_met"] for k, v in results.items() if k != "adaptive"}
+    others = {k: v["slo_met"] for k, v in results.items() if not k.startswith("adaptive")}
     fixed = {k: v for k, v in others.items() if k.startswith("fixed-")}
     bo, bf = max(others, key=others.get), max(fixed, key=fixed.get)
     t = {"adaptive": ad, "best_other": [bo, others[bo]], "best_fixed": [bf, fixed[bf]],
@@ -136,17 +140,27 @@ def main(argv: list[str] | None = None) -> int:
         mu1 = 1000.0 / cost.ms(1)
         out["curves"][cname] = {**cost.to_json(), "slo_ms": slo_ms, "batch1_capacity_fps": round(mu1, 2),
                                 "best_capacity_fps": round(max(b * 1000.0 / cost.ms(b) for b in cost.sizes), 2)}
-        runs = [(T.GENERATORS[k](load * mu1, duration_s=args.duration, seed=args.seed), load) for k, load in LOADS.items()]
+        # long enough for ~2000 frames at 0.6 mu1 (a slow CPU head otherwise sees a few dozen)
+        duration = max(args.duration, 2000.0 / (0.6 * mu1))
+        runs = [(T.GENERATORS[k](load * mu1, duration_s=duration, seed=args.seed), load) for k, load in LOADS.items()]
         runs += [(tr, None) for tr in recorded]
         for trace, load in runs:
             key = f"{trace.name}@{cname}"
             path = trace.save(args.trace_dir / f"{key.replace('@', '-')}.csv") if load is not None else None
             res = {}
-            for pol in policies(slo_ms, cost):
+            pols = policies(slo_ms, cost)
+            if cost is cpu and "gpu" in curves:  # learning: profiled on a GPU, running on this CPU
+                mis = make_policy("adaptive", slo_ms=slo_ms, max_batch=16, cost=curves["gpu"].copy())
+                mis.name = "adaptive-gpu-prior"
+                pols.append(mis)
+            for pol in pols:
                 r = simulate(trace, pol, cost.ms, slo_ms, noise=args.noise, seed=args.seed)
                 res[pol.name] = r.summary()
+                if pol.name == "adaptive-gpu-prior":
+                    half = r.batch_sizes[len(r.batch_sizes) // 2:] or [0]
+                    res[pol.name]["mean_batch_second_half"] = round(sum(half) / len(half), 3)
             out["traces"][key] = res
-            out["trace_info"][key] = {"slo_ms": slo_ms, "frames": len(trace), "cameras": len(trace.cameras),
+            out["trace_info"][key] = {"slo_ms": slo_ms, "frames": len(trace), "duration_s": round(trace.duration_s, 1), "cameras": len(trace.cameras),
                                       "mean_rate_fps": round(trace.rate_fps(), 2),
                                       "load_x_batch1_capacity": load, "file": str(path) if path else str(trace.meta.get("source"))}
             out["targets"][key] = targets(res, trace.name in T.BURSTY)

@@ -12,7 +12,7 @@ from split_infer.batching import traces as T
 from split_infer.batching.cost import CostModel
 from split_infer.batching.policy import (
     SHED_DEADLINE, SHED_TIMEOUT, AdaptiveBatcher, AIMDBatcher, Decision, FixedBatch, Frame, PolicyError,
-    QueueView, TritonBatcher, fair_order, make_policy, make_worker_policy,
+    QueueView, TritonBatcher, fair_order, make_policy,
 )
 from split_infer.batching.simulate import AccountingError, simulate
 
@@ -330,18 +330,10 @@ def test_recorded_arrivals_without_capture_times_and_bad_files(tmp_path):
         tr.save(tmp_path / "x.txt")
 
 
-# -- worker wiring ------------------------------------------------------------------------------
-def test_make_worker_policy_from_config(tmp_path):
-    from split_infer.config import CloudConfig
-
-    cost_file = tmp_path / "cost.json"
-    GPU.save(cost_file)
-    cfg = CloudConfig.model_validate({"latency_slo_ms": 150, "worker": {"max_batch": 4, "cost_file": str(cost_file)}})
-    p = make_worker_policy(cfg)
-    assert isinstance(p, AdaptiveBatcher) and p.max_batch == 4 and p.slo_s == pytest.approx(0.15)
-    with pytest.raises(ValueError, match="cost"):
-        make_worker_policy(CloudConfig())
+def test_make_policy_rejects_unknown_kinds_and_missing_cost():
     with pytest.raises(ValueError, match="unknown batching policy"):
         make_policy("magic")
-    # the count-only adapter still picks a size (for callers that know only the depth)
-    assert 1 <= p.choose(10, 0.01, now=1.0) <= 4
+    with pytest.raises(ValueError, match="cost model"):
+        make_policy("adaptive")
+    with pytest.raises(ValueError, match="empty"):
+        make_policy("adaptive", cost=CostModel())

@@ -5,8 +5,8 @@ Pure Python + numpy (torch only inside head_cost, imported lazily).
 
 from split_infer.batching.cost import CostModel
 from split_infer.batching.policy import (
-    BatchPolicy, Decision, Frame, PolicyError, PolicyMetrics, QueueView, make_policy, make_worker_policy,
+    BatchPolicy, Decision, Frame, PolicyError, PolicyMetrics, QueueView, make_policy,
 )
 
 __all__ = ["BatchPolicy", "CostModel", "Decision", "Frame", "PolicyError", "PolicyMetrics", "QueueView",
-           "make_policy", "make_worker_policy"]
+           "make_policy"]

@@ -167,16 +167,6 @@ class _Base:
     def on_batch_done(self, batch_size: int, service_ms: float, now: float) -> None:
         pass
 
-    # Count-only adapter for callers that know only the queue depth (no fairness, no shedding).
-    def choose(self, queued: int, oldest_age_s: float = 0.0, now: float = 0.0) -> int:
-        frames = [Frame("_", now - oldest_age_s, now - oldest_age_s, i) for i in range(max(1, queued))]
-        d = self.next_batch(QueueView.of(frames, closing=True), now)
-        return max(1, len(d.take))
-
-    def observe(self, batch_size: int, seconds: float) -> None:
-        self.on_batch_done(batch_size, seconds * 1000.0, 0.0)
-
-
 def _split_timed_out(queue: QueueView, limit_ts: float, ts: str) -> tuple[list[Frame], dict[str, Sequence[Frame]]]:
     """Split each camera queue at the first frame whose `ts` >= limit_ts (queues are ordered)."""
     old: list[Frame] = []
@@ -323,15 +313,14 @@ class AdaptiveBatcher(_Base):
 
     At each call (the worker is idle), with deadlines d = capture_ts + slo:
     1. A frame that cannot meet its deadline even if run alone right now (now + c(1) > d, on the
-       expected cost) is shed
-       with reason "deadline" (overload="shed") or kept for after the on-time frames ("late").
+       expected cost) is shed with reason "deadline" (overload="shed") or kept for after the
+       on-time frames ("late").
     2. The live frames are ordered round-robin across cameras, oldest first, a camera served far
        beyond its share of late last (fair_order).
     3. Candidate caps b: 1, and the cost model's sizes and the queue length up to max_batch whose
        cost per frame is at least `gain_tolerance` below batch 1's (a size that gains nothing per
-       frame only delays the first frames of the batch). For each cap a
-       plan serves the queue, plus the arrivals the rate estimate expects within one objective,
-       in batches of up to b; a frame whose batch would end after its deadline is skipped (a miss).
+       frame only delays the first frames of the batch). For each cap a plan serves the queue,
+       plus the arrivals the rate estimate expects within one objective, in batches of up to b; a frame whose batch would end after its deadline is skipped (a miss).
        The plan that meets the most queued frames wins; ties: the most expected arrivals met;
        then any plan finishing the queue within `gain_tolerance` of the fastest, smallest b
        first. With a linear cost curve (a CPU) every cap finishes together, so b = 1.
@@ -481,7 +470,8 @@ class AdaptiveBatcher(_Base):
         if first == 0:  # only with out-of-order captures: run the oldest anyway, it is late
             return Decision(take=order[:1], shed=shed)
         end = now + self._c(first)
-        take = [f for f in order if f.capture_ts + slo >= end][:first]
+        # (within the 2% margin of its deadline, the first frame still runs: it is expected to make it)
+        take = [f for f in order if f.capture_ts + slo >= end][:first] or order[:1]
         self._note_taken(take, now)
         d = Decision(take=take, shed=shed)
         if b != self.choice:
@@ -520,18 +510,3 @@ def make_policy(kind: str, *, slo_ms: float = 200.0, max_batch: int = 16, cost: 
         return AdaptiveBatcher(slo_ms, cost, max_batch=max_batch, overload=overload, **kw)
     raise ValueError(f"unknown batching policy {kind!r}; choose one of {', '.join(POLICIES)}")
 
-
-def make_worker_policy(cfg, cost: CostModel | None = None) -> BatchPolicy:
-    """The policy a cloud worker runs, from its CloudConfig (worker.batching, worker.max_batch,
-    worker.overload, worker.cost_file, latency_slo_ms). The adaptive policy needs a cost model:
-    pass the one profiled at start-up (CostModel.profile on the head) or set worker.cost_file."""
-    w = cfg.worker
-    kind = getattr(w, "batching", "adaptive")
-    if kind == "adaptive" and cost is None:
-        path = getattr(w, "cost_file", None)
-        if path is None:
-            raise ValueError("adaptive batching needs the head's cost per batch size: profile it at start-up "
-                             "(CostModel.profile) or set worker.cost_file")
-        cost = CostModel.load(path)
-    return make_policy(kind, slo_ms=cfg.latency_slo_ms, max_batch=w.max_batch, cost=cost,
-                       overload=getattr(w, "overload", "shed"))
