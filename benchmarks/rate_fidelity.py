@@ -156,7 +156,8 @@ def h264_rows(model: Model, frames, ref, fps: float, label: str, workdir: Path) 
 
 
 def codec_rows(model: Model, feats, ref, spec: str, settings: dict, family: str = "codec", **extra) -> list[dict]:
-    enc, dec = make_encoder(spec, **settings), make_decoder()
+    learned_dir = str(Path(spec.split(":", 1)[1]).parent) if spec.startswith("learned:") else None
+    enc, dec = make_encoder(spec, **settings), make_decoder(learned_dir=learned_dir)
     sizes, enc_t, dec_t, decoded, keys = [], 0.0, 0.0, [], []
     for f in feats:
         t0 = time.perf_counter()
@@ -272,6 +273,13 @@ def run_video(args, model: Model, video: str, workdir: Path) -> dict:
             rows += codec_rows(model, feats, ref, f"learned:{path}", s, curve="codec (learned)",
                                trained_on=train, overlap_with_eval_frames=overlap)
     res["learned_models"] = trained
+    for prev in args.merge:  # rows measured by an earlier run on the very same frames and reference
+        for v in json.loads(Path(prev).read_text())["videos"]:
+            if Path(v["video"]).name == Path(video).name and v["frames"] == res["frames"]:
+                have = {(r["method"], r["setting"]) for r in rows}
+                rows += [dict(r, merged_from=prev) for r in v["rows"] if (r["method"], r["setting"]) not in have]
+                res["learned_models"] += [m for m in v.get("learned_models", []) if m not in res["learned_models"]]
+                res["notes"].append(f"rows not measured in this run come from {prev} (same frames, same reference)")
     res["rows"] = rows
     res["summary"] = summarise(rows)
     return res
@@ -286,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cut", type=int, default=4)
     ap.add_argument("--imgsz", default="640x384")
     ap.add_argument("--learned", action="append", default=[], help="learned codec file(s) to evaluate")
-    ap.add_argument("--families", default="jpeg,h264,codec")
+    ap.add_argument("--families", default="jpeg,h264,codec", help="comma list of jpeg, h264, codec ('' = none)")
+    ap.add_argument("--merge", action="append", default=[],
+                    help="add the rows of an earlier run's JSON on the same video and frames")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
-    args.families = set(args.families.split(","))
+    args.families = set(filter(None, args.families.split(",")))
     model = Model(args.model, args.cut, parse_imgsz(args.imgsz), args.threads)
     workdir = Path(args.json).resolve().parent
     results = [run_video(args, model, v, workdir) for v in args.video]

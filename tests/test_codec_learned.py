@@ -94,3 +94,24 @@ def test_lost_learned_frame_is_refused(model_file: Path) -> None:
     dec.decode(p[0])
     with pytest.raises(CodecError, match="lost"):
         dec.decode(p[2])
+
+
+def test_adaptive_learned_encoder_meets_a_budget(model_file: Path) -> None:
+    fps = 10.0
+
+    def rate(**kw) -> float:
+        e = make_encoder(f"learned:{model_file}", key_interval=10, **kw)
+        return float(np.mean([len(e.encode({"x4": feats(i % 40)})) for i in range(30)])) * fps
+
+    full, cheapest = rate(), rate(step=6.0, deadzone=2)
+    budget = (full + cheapest) / 2
+    enc = make_encoder(f"learned:{model_file}", budget_bps=budget, fps=fps, key_interval=10, start=0)
+    dec = make_decoder(learned_dir=str(model_file.parent))
+    sizes = []
+    for i in range(80):
+        p = enc.encode({"x4": feats(i % 40)})
+        dec.decode(p)
+        sizes.append(len(p))
+    assert np.mean(sizes[-10:]) * fps <= budget
+    rep = enc.report()
+    assert rep["codec"] == "learned" and rep["level"] > 0 and rep["estimated_bps"] <= budget

@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from split_infer.codec import CodecError, make_decoder, make_encoder
-from split_infer.codec.adaptive import AdaptiveEncoder
 from split_infer.codec.wire import unpack
 
 SHAPE = (1, 8, 12, 20)
@@ -165,7 +164,7 @@ def test_adaptive_encoder_stays_within_budget_and_reports() -> None:
     fps = 10.0
     full = sum(len(p) for p in encode_all(make_encoder("temporal", bits=8, deadzone=1), frames[:30])) / 30 * fps
     budget = full / 4
-    enc, dec = AdaptiveEncoder(budget_bps=budget, fps=fps, start=0), make_decoder()
+    enc, dec = make_encoder("temporal", budget_bps=budget, fps=fps, start=0), make_decoder()
     sizes = []
     for f in frames:
         p = enc.encode({"x4": f})
@@ -177,7 +176,7 @@ def test_adaptive_encoder_stays_within_budget_and_reports() -> None:
     assert rep["codec"] == "temporal" and rep["budget_bps"] == budget
     assert (rep["bits"], rep["deadzone"]) != (8, 1) and rep["estimated_bps"] <= budget
     # and with a generous budget it keeps (or returns to) the most faithful setting
-    rich = AdaptiveEncoder(budget_bps=full * 10, fps=fps)
+    rich = make_encoder("adaptive", budget_bps=full * 10, fps=fps)
     for f in frames[:90]:
         rich.encode({"x4": f})
     assert rich.report()["level"] == 0

@@ -19,15 +19,25 @@ __all__ = ["CodecError", "Decoder", "Encoder", "Limits", "make_decoder", "make_e
 
 def make_encoder(spec: str = "q8-zstd", **kwargs) -> Encoder:
     """Build an encoder from a spec string: "q8-zstd" (bits=8), "q6-zstd", "temporal",
-    "temporal-q8" (bits), "adaptive" (temporal with a bytes/s budget), "learned:<path>"."""
+    "temporal-q8" (bits), "learned:<path>". With `budget_bps=` (and `fps=`), "temporal",
+    "adaptive" and "learned:<path>" pick their own setting to stay within that budget."""
     if spec.startswith("learned:"):
+        path = spec.split(":", 1)[1]
+        if "budget_bps" in kwargs:
+            from split_infer.codec.adaptive import AdaptiveLearnedEncoder
+
+            return AdaptiveLearnedEncoder(path, **kwargs)
         from split_infer.codec.learned import LearnedEncoder
 
-        return LearnedEncoder(spec.split(":", 1)[1], **kwargs)
+        return LearnedEncoder(path, **kwargs)
     m = re.fullmatch(r"q([2-8])-zstd", spec)
     if m:
         return QuantEncoder(bits=int(m.group(1)), **kwargs)
     m = re.fullmatch(r"temporal(?:-q([2-8]))?", spec)
+    if m and "budget_bps" in kwargs:
+        from split_infer.codec.adaptive import AdaptiveEncoder
+
+        return AdaptiveEncoder(**kwargs)
     if m:
         if m.group(1):
             kwargs.setdefault("bits", int(m.group(1)))

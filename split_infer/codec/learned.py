@@ -12,6 +12,7 @@ static, so most latent values repeat from frame to frame.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,16 @@ class LearnedModel:
         return conv(h, w["enc2.weight"], w["enc2.bias"])[None]
 
     def decode(self, y: np.ndarray) -> np.ndarray:
+        """Latent -> features. Runs in the cloud: torch when installed (faster), numpy otherwise."""
         w = self.weights
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+            import torch.nn.functional as F
+
+            t = {k: torch.from_numpy(v) for k, v in w.items()}
+            with torch.no_grad():
+                h = F.silu(F.conv2d(torch.from_numpy(y.astype(np.float32)), t["dec1.weight"], t["dec1.bias"], padding=1))
+                return F.silu(F.conv2d(h, t["dec2.weight"], t["dec2.bias"], padding=1)).numpy()
         h = silu(conv(y[0].astype(np.float32), w["dec1.weight"], w["dec1.bias"]))
         return silu(conv(h, w["dec2.weight"], w["dec2.bias"]))[None]
 
