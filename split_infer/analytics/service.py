@@ -118,8 +118,7 @@ class AnalyticsService:
         # Records a previous owner read but never acked are ours now.
         start = "0-0"
         while True:
-            start, _claimed, *_ = self.r.xautoclaim(stream, keys.ANALYTICS_GROUP, self.s.consumer, 0, start,
-                                                    count=1000, justid=True)
+            start, *_ = self.r.xautoclaim(stream, keys.ANALYTICS_GROUP, self.s.consumer, 0, start, count=1000)
             if start in (b"0-0", "0-0"):
                 break
         self.owned[cid] = Owned(cam, self._load_state(cid, cam))

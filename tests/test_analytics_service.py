@@ -1,0 +1,253 @@
+"""The analytics service over a real Redis: end to end on the street detections, out-of-order
+and redelivered records, malformed records, crashes and restarts without double counting, lease
+takeover by a second instance, and the `split-infer analytics` command as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from cloud_support import drop_prefix, fresh_prefix, shared_redis
+from split_infer import keys
+from split_infer.analytics.service import AnalyticsService, Settings
+from split_infer.config import CameraConfig, CloudConfig
+from test_analytics_video import HAND, LINE, street_records
+
+ROOT = Path(__file__).resolve().parents[1]
+ZONE = {"name": "lower", "polygon": [(0, 150), (640, 150), (640, 235), (0, 235)]}
+
+
+@pytest.fixture
+def r():
+    client = shared_redis()
+    prefix = fresh_prefix()
+    yield client
+    drop_prefix(client, prefix)
+
+
+def config() -> CloudConfig:
+    return CloudConfig(cameras=[CameraConfig(id="street", url="x", lines=[LINE], zones=[ZONE])])
+
+
+def service(r: redis.Redis, consumer: str = "a", **kw) -> AnalyticsService:
+    s = Settings(consumer=consumer, reorder_wait_s=kw.pop("reorder_wait_s", 0.2), block_ms=20, discover=False, **kw)
+    return AnalyticsService(r, config(), s)
+
+
+def feed(r: redis.Redis, records: list[dict]) -> None:
+    pipe = r.pipeline()
+    for rec in records:
+        pipe.xadd(keys.detections_stream(rec["camera"]), {k: str(v) for k, v in rec.items()})
+    pipe.execute()
+
+
+def drive(svc: AnalyticsService, r: redis.Redis, last_seq: int, timeout: float = 60) -> None:
+    """Step the service until the camera's counts show last_seq processed and nothing is pending."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        svc.step()
+        seq = r.hget(keys.counts_key("street"), "seq")
+        if seq is not None and int(seq) == last_seq and not svc.owned["street"].buffer:
+            return
+    pytest.fail(f"the service did not reach seq {last_seq} in {timeout} s (at {r.hget(keys.counts_key('street'), 'seq')})")
+
+
+def crossings(r: redis.Redis) -> list[tuple[int, int, str]]:
+    out = []
+    for _, f in r.xrange(keys.events_stream("street")):
+        f = {k.decode(): v.decode() for k, v in f.items()}
+        if f["type"] == "line_cross":
+            out.append((int(f["seq"]), int(f["track_id"]), f["direction"]))
+    return out
+
+
+def pending(r: redis.Redis) -> int:
+    return r.xpending(keys.detections_stream("street"), keys.ANALYTICS_GROUP)["pending"]
+
+
+def test_end_to_end_on_the_street_detections(r):
+    records = street_records()
+    sub = r.pubsub()
+    sub.subscribe(keys.LIVE_EVENTS)
+    feed(r, records)
+    svc = service(r)
+    drive(svc, r, last_seq=len(records) - 1)
+    got = crossings(r)
+    assert len(got) == 7 and sorted(d for *_, d in got) == ["in"] * 3 + ["out"] * 4
+    assert all(any(d == hd and abs(s - hs) <= 8 for hs, hd in HAND) for s, _, d in got)
+    counts = {k.decode(): v.decode() for k, v in r.hgetall(keys.counts_key("street")).items()}
+    assert counts["line:road:in:car"] == "3" and counts["line:road:out:car"] == "4"
+    assert counts["frames"] == str(len(records)) and counts["skipped_frames"] == "0"
+    assert counts["congestion"] in ("empty", "free", "moderate", "heavy", "jammed")
+    assert int(counts["zone:lower:entries:car"]) >= 3  # the cars of the lower lane pass the zone
+    assert json.loads(counts["per_minute_history"])[0]["crossings"]["car"] >= 5
+    assert pending(r) == 0  # everything acked
+    # The live channel carried every event, as JSON with the stream id.
+    live = []
+    end = time.monotonic() + 5
+    while time.monotonic() < end and len(live) < r.xlen(keys.events_stream("street")):
+        m = sub.get_message(timeout=0.5)
+        if m and m["type"] == "message":
+            live.append(json.loads(m["data"]))
+    assert len(live) == r.xlen(keys.events_stream("street"))
+    assert sum(e["type"] == "line_cross" for e in live) == 7 and all("id" in e for e in live)
+    sub.close()
+
+
+def test_out_of_order_and_redelivered_records_give_the_same_counts(r):
+    records = street_records()
+    rng = random.Random(6)
+    shuffled = []
+    for i in range(0, len(records), 6):  # several workers: each window of 6 frames lands in any order
+        window = records[i:i + 6]
+        rng.shuffle(window)
+        shuffled += window
+    dups = rng.sample(records, 40)  # and 40 frames written twice (a redelivered worker batch)
+    feed(r, shuffled[:400] + dups[:20] + shuffled[400:] + dups[20:])
+    svc = service(r, reorder_wait_s=5.0)  # generous: a gap must be filled, not skipped
+    drive(svc, r, last_seq=len(records) - 1)
+    got = crossings(r)
+    assert sorted((s, d) for s, _, d in got) == [(42, "out"), (121, "in"), (139, "out"), (250, "out"),
+                                                 (291, "out"), (446, "in"), (621, "in")]
+    counts = r.hgetall(keys.counts_key("street"))
+    assert counts[b"frames"] == str(len(records)).encode() and counts[b"skipped_frames"] == b"0"
+    assert pending(r) == 0
+
+
+def test_gap_is_skipped_after_the_reorder_wait(r):
+    records = street_records()[:30]
+    feed(r, records[:10] + records[11:])  # seq 10 never arrives
+    svc = service(r, reorder_wait_s=0.3)
+    t0 = time.monotonic()
+    drive(svc, r, last_seq=29)
+    assert time.monotonic() - t0 >= 0.3
+    assert r.hget(keys.counts_key("street"), "skipped_frames") == b"1"
+    assert r.hget(keys.counts_key("street"), "frames") == b"29"
+
+
+def test_malformed_record_is_rejected_acked_and_loses_nothing_else(r, caplog):
+    records = street_records()[:60]
+    feed(r, records[:20])
+    r.xadd(keys.detections_stream("street"), {"camera": "street", "seq": "x", "detections": "[]"})
+    r.xadd(keys.detections_stream("street"), {**records[20], "detections": "[{\"box\": 1}]"})
+    feed(r, records[21:])
+    svc = service(r, reorder_wait_s=0.2)
+    drive(svc, r, last_seq=59)
+    counts = r.hgetall(keys.counts_key("street"))
+    assert counts[b"rejected_records"] == b"2" and counts[b"frames"] == b"59" and counts[b"skipped_frames"] == b"1"
+    assert pending(r) == 0
+    assert "rejecting detection record" in caplog.text and "bad value" in caplog.text
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_after_commit_before_ack_does_not_count_twice(r):
+    records = street_records()
+    feed(r, records[:300])
+    svc = service(r)
+    real_xack = svc.r.xack
+    calls = {"n": 0}
+
+    def flaky_xack(*a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash("killed between EXEC and XACK")
+        return real_xack(*a)
+
+    svc.r = redis.Redis(connection_pool=r.connection_pool)
+    svc.r.xack = flaky_xack
+    with pytest.raises(Crash):
+        for _ in range(200):
+            svc.step()
+    assert pending(r) > 0  # the crashed batch is committed but still pending
+    # A new process with the same consumer name: it owns its lease at once and replays its PEL.
+    svc2 = service(r)
+    feed(r, records[300:])
+    drive(svc2, r, last_seq=len(records) - 1)
+    got = crossings(r)
+    assert sorted((s, d) for s, _, d in got) == [(42, "out"), (121, "in"), (139, "out"), (250, "out"),
+                                                 (291, "out"), (446, "in"), (621, "in")]
+    assert r.hget(keys.counts_key("street"), "frames") == str(len(records)).encode()
+    assert pending(r) == 0
+
+
+def test_crash_before_commit_replays_from_the_checkpoint(r):
+    records = street_records()
+    feed(r, records)
+    svc = service(r)
+    svc.step()  # first batch committed (checkpoint)
+    svc.step()
+    # The next commit dies inside the transaction: nothing of it lands.
+    svc.r = redis.Redis(connection_pool=r.connection_pool)
+    original = svc.r.pipeline
+
+    def broken_pipeline(*a, **kw):
+        p = original(*a, **kw)
+        p.execute = lambda *a, **kw: (_ for _ in ()).throw(Crash("killed inside MULTI"))
+        return p
+
+    svc.r.pipeline = broken_pipeline
+    with pytest.raises(Crash):
+        for _ in range(200):
+            svc.step()
+    seq_before = int(r.hget(keys.counts_key("street"), "seq"))
+    svc2 = service(r)
+    drive(svc2, r, last_seq=len(records) - 1)
+    assert seq_before < len(records) - 1
+    assert len(crossings(r)) == 7
+    assert r.hget(keys.counts_key("street"), "frames") == str(len(records)).encode()
+
+
+def test_second_instance_takes_over_when_the_lease_expires(r):
+    records = street_records()
+    feed(r, records[:200])
+    a = service(r, consumer="a", lease_ms=600, renew_s=0.1)
+    b = service(r, consumer="b", lease_ms=600, renew_s=0.1)
+    for _ in range(5):
+        a.step()
+        b.step()
+    assert "street" in a.owned and "street" not in b.owned
+    # a reads a batch, then stalls before committing it: its records stay pending under "a".
+    feed(r, records[200:])
+    stolen = a.r.xreadgroup(keys.ANALYTICS_GROUP, "a", {keys.detections_stream("street"): ">"}, count=50)
+    assert len(stolen[0][1]) == 50
+    time.sleep(0.7)  # a's lease runs out
+    drive(b, r, last_seq=len(records) - 1)
+    assert "street" in b.owned
+    assert len(crossings(r)) == 7 and pending(r) == 0
+    # a comes back: the commit fence keeps it from writing over b.
+    a.step()
+    assert "street" not in a.owned
+
+
+def test_the_command_runs_as_a_process(r, tmp_path):
+    records = street_records()[:320]
+    feed(r, records)
+    cfg = tmp_path / "cloud.yaml"
+    cfg.write_text(json.dumps({"cameras": [{"id": "street", "url": "x", "lines": [LINE]}]}))
+    env = {**os.environ, "SPLIT_INFER_PREFIX": keys.PREFIX}
+    proc = subprocess.Popen([sys.executable, "-m", "split_infer", "analytics", "--config", str(cfg),
+                             "--consumer", "proc", "--reorder-wait", "0.2"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and r.hget(keys.counts_key("street"), "seq") != b"319":
+            time.sleep(0.2)
+        assert r.hget(keys.counts_key("street"), "seq") == b"319"
+        assert sorted((s, d) for s, _, d in crossings(r)) == [(42, "out"), (121, "in"), (139, "out"),
+                                                              (250, "out"), (291, "out")]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "analysing camera street" in out
