@@ -50,24 +50,32 @@ def video_frames(path: str | Path, count: int, stride: int = 1, start: int = 0) 
     return frames
 
 
-def _to_openvino(edge, imgsz: tuple[int, int]):
+def to_openvino(module, imgsz: tuple[int, int], output_names: list[str] | None = None):
+    """Convert a torch module on images (dynamic batch) to an OpenVINO model.
+
+    A module returning a dict (the edge part) gets its outputs named by the dict's keys; a
+    detection model returning (predictions, maps) keeps the predictions.
+    """
     import openvino as ov
     import torch
 
-    class _Tuple(torch.nn.Module):  # OpenVINO names outputs by position; we rename them after
-        def __init__(self, part):
+    from split_infer.partition import first_tensor
+
+    class _Outputs(torch.nn.Module):  # OpenVINO names outputs by position; we rename them after
+        def __init__(self, inner):
             super().__init__()
-            self.part = part
+            self.inner = inner
 
         def forward(self, x):
-            out = self.part(x)
-            return tuple(out[k] for k in self.part.output_names)
+            out = self.inner(x)
+            return tuple(out[k] for k in output_names) if output_names else first_tensor(out)
 
     example = torch.zeros(1, 3, imgsz[1], imgsz[0])
     with torch.no_grad():
-        ov_model = ov.convert_model(_Tuple(edge).eval(), example_input=example, input=[(-1, 3, imgsz[1], imgsz[0])])
+        ov_model = ov.convert_model(_Outputs(module).eval(), example_input=example,
+                                    input=[(-1, 3, imgsz[1], imgsz[0])])
     ov_model.inputs[0].get_tensor().set_names({"images"})
-    for output, name in zip(ov_model.outputs, edge.output_names):
+    for output, name in zip(ov_model.outputs, output_names or []):
         output.get_tensor().set_names({name})
     return ov_model
 
@@ -85,7 +93,7 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
     out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
     model = load_model(model_name)
     edge, _ = partition(model, cut)
-    ov_model = _to_openvino(edge, imgsz)
+    ov_model = to_openvino(edge, imgsz, edge.output_names)
     if int8:
         if calibration is None:
             raise ValueError("--int8 needs --calibration VIDEO (frames of real footage to calibrate on)")
