@@ -251,3 +251,43 @@ def test_the_command_runs_as_a_process(r, tmp_path):
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "analysing camera street" in out
+
+
+def test_redis_restart_pauses_and_loses_nothing(tmp_path):
+    """A private redis-server (append-only) is stopped and started under the running service."""
+    import threading
+
+    from cloud_support import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    fresh_prefix()
+    rr = redis.Redis.from_url(server.url)
+    svc = service(redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=1))
+    stop = threading.Event()
+    worker = threading.Thread(target=svc.run, args=(stop,), daemon=True)
+    records = street_records()
+    try:
+        feed(rr, records[:250])
+        worker.start()
+        end = time.monotonic() + 30
+        while time.monotonic() < end and rr.hget(keys.counts_key("street"), "seq") != b"249":
+            time.sleep(0.1)
+        assert rr.hget(keys.counts_key("street"), "seq") == b"249"
+        server.stop()
+        time.sleep(1.5)  # the service sees Redis down and keeps retrying
+        assert worker.is_alive()
+        server.start()
+        rr = redis.Redis.from_url(server.url)
+        feed(rr, records[250:])
+        end = time.monotonic() + 60
+        while time.monotonic() < end and rr.hget(keys.counts_key("street"), "seq") != str(len(records) - 1).encode():
+            time.sleep(0.1)
+        assert rr.hget(keys.counts_key("street"), "frames") == str(len(records)).encode()
+        assert sorted((s, d) for s, _, d in crossings(rr)) == [(42, "out"), (121, "in"), (139, "out"), (250, "out"),
+                                                               (291, "out"), (446, "in"), (621, "in")]
+        assert pending(rr) == 0
+    finally:
+        stop.set()
+        worker.join(10)
+        server.stop()

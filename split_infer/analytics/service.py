@@ -255,7 +255,7 @@ class AnalyticsService:
             try:
                 self.step()
                 metrics.REDIS_UP.labels(service="analytics").set(1)
-            except redis.ConnectionError as e:
+            except (redis.ConnectionError, redis.TimeoutError) as e:
                 # In-memory state may be ahead of the checkpoint: forget it all, reload when Redis is back.
                 metrics.REDIS_UP.labels(service="analytics").set(0)
                 log.error("redis unreachable (%s); retrying in 1 s", e)
