@@ -61,9 +61,17 @@ def get_redis(request: Request) -> Redis:
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
+async def get_live_redis(request: Request) -> Redis:
+    """Redis, checked before a stream starts: once the response is streaming, no status can change."""
+    r: Redis = request.app.state.redis
+    await r.ping()
+    return r
+
+
 def _range(start: float | None, end: float | None, default_span_s: float) -> tuple[float, float]:
     """Fill in a missing bound; a reversed range is the caller's error (422)."""
-    end = time.time() if end is None else end
+    if end is None:
+        end = time.time() if start is None else max(time.time(), start)  # "from start on"
     start = max(0.0, end - default_span_s) if start is None else start
     if start > end:
         raise BadRange(f"start ({start}) is after end ({end})")
@@ -182,7 +190,7 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     async def get_history(
         camera: CameraId, r: RedisDep,
         start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 60 s")] = None,
-        end: Annotated[UnixTime | None, Query(description="to (unix s); default now")] = None,
+        end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
         limit: Limit = 100,
     ) -> DetectionHistory:
         """Detection records written in [start, end], oldest first (by the time they were written)."""
@@ -207,7 +215,7 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     async def camera_events(
         camera: CameraId, r: RedisDep,
         start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h")] = None,
-        end: Annotated[UnixTime | None, Query(description="to (unix s); default now")] = None,
+        end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
         limit: Limit = 100,
         type: Annotated[str | None, Query(max_length=64, description="only events of this type")] = None,
     ) -> EventList:
@@ -221,12 +229,11 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     @app.get("/api/live", response_class=EventSourceResponse, tags=["live"],
              responses={503: ERRORS[503], 422: ERRORS[422]})
     async def live_feed(
-        request: Request, r: RedisDep,
+        r: Annotated[Redis, Depends(get_live_redis)],
         camera: Annotated[list[Annotated[str, StringConstraints(pattern=CAMERA_ID_PATTERN)]],
                           Query(description="only these cameras (repeatable); default all")] = [],
     ) -> AsyncIterable[ServerSentEvent]:
         """Server-Sent Events: `detections`, `event`, `state`, `counts`, and `error` while Redis is down."""
-        await r.ping()  # a feed that cannot start answers 503 rather than an empty stream
         async for ev in live.feed(r, stale_after_s, camera or None):
             yield ev
 

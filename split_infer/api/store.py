@@ -55,8 +55,8 @@ def _int(v: bytes | str | None) -> int | None:
 
 
 def ms_id(ts: float) -> int:
-    """Unix seconds -> the millisecond part of a Redis stream id."""
-    return int(ts * 1000)
+    """Unix seconds -> the millisecond part of a Redis stream id (rounded: 1.002 s is 1002 ms)."""
+    return round(ts * 1000)
 
 
 def id_ts(entry_id: bytes | str) -> float:
