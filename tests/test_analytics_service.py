@@ -291,3 +291,13 @@ def test_redis_restart_pauses_and_loses_nothing(tmp_path):
         stop.set()
         worker.join(10)
         server.stop()
+
+
+def test_discovered_cameras_are_analysed_and_bad_ids_ignored(r, caplog):
+    r.sadd(keys.CAMERAS_SET, "street", "bad id with spaces/")
+    feed(r, street_records()[:50])
+    svc = AnalyticsService(r, CloudConfig(), Settings(consumer="d", reorder_wait_s=0.1, block_ms=20))
+    drive(svc, r, last_seq=49)
+    assert set(svc.owned) == {"street"}
+    assert r.hget(keys.counts_key("street"), "per_minute_basis") == b"tracks"  # no lines configured
+    assert "not a valid camera id" in caplog.text

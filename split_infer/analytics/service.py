@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+from pydantic import ValidationError
 
 from split_infer import keys, metrics
 from split_infer.analytics.camera import CameraAnalytics
@@ -78,6 +79,7 @@ class AnalyticsService:
         self.mqtt = mqtt  # optional publisher with .publish_events(camera, events, counts)
         self.owned: dict[str, Owned] = {}
         self._last_renew = 0.0
+        self._bad_ids: set[str] = set()
 
     # ------------------------------------------------------------------ ownership
 
@@ -85,8 +87,15 @@ class AnalyticsService:
         cams = {c.id: c for c in self.cfg.cameras}
         if self.s.discover:
             for raw in self.r.smembers(keys.CAMERAS_SET):
-                cid = raw.decode() if isinstance(raw, bytes) else raw
-                cams.setdefault(cid, CameraConfig(id=cid, url="redis"))
+                cid = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+                if cid in cams:
+                    continue
+                try:
+                    cams[cid] = CameraConfig(id=cid, url="redis")
+                except ValidationError:
+                    if cid not in self._bad_ids:
+                        self._bad_ids.add(cid)
+                        log.error("ignoring camera id %r from %s: not a valid camera id", cid, keys.CAMERAS_SET)
         return cams
 
     def refresh_leases(self, now: float) -> None:
