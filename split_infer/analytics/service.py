@@ -15,6 +15,7 @@ import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ class AnalyticsService:
         self.r = r
         self.cfg = cfg
         self.s = settings
-        self.mqtt = mqtt  # optional publisher with .publish_events(camera, events, counts)
+        self.mqtt = mqtt  # optional MqttPublisher (split_infer.analytics.mqtt): .publish(camera, events, analytics)
         self.owned: dict[str, Owned] = {}
         self._last_renew = 0.0
         self._bad_ids: set[str] = set()
@@ -293,10 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     r = redis.Redis.from_url(args.redis_url or cfg.redis_url)
     mqtt = None
     if args.mqtt:
-        from split_infer.analytics.mqtt import MqttPublisher
+        from split_infer.analytics.mqtt import MqttError, MqttPublisher
 
         host, _, port = args.mqtt.partition(":")
-        mqtt = MqttPublisher(host, int(port or 1883), args.mqtt_prefix)
+        try:
+            mqtt = MqttPublisher(host, int(port or 1883), args.mqtt_prefix, client_id=args.consumer)
+        except (MqttError, ValueError) as e:
+            print(f"split-infer analytics: {e}", file=sys.stderr)
+            return 2
     metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
     service = AnalyticsService(r, cfg, Settings(consumer=args.consumer, reorder_wait_s=args.reorder_wait,
                                                 discover=not args.no_discover), mqtt=mqtt)
@@ -305,4 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     log.info("analytics %s on %s", args.consumer, args.redis_url or cfg.redis_url)
     service.run(stop)
+    if mqtt is not None:
+        mqtt.close()
     return 0

@@ -1,0 +1,79 @@
+"""Analytics events mirrored to a real Mosquitto on loopback (127.0.0.1:1883), Frigate topic layout."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from cloud_support import drop_prefix, fresh_prefix, shared_redis
+from split_infer import keys
+from split_infer.analytics.mqtt import MqttError, MqttPublisher
+from split_infer.analytics.service import AnalyticsService, Settings
+from split_infer.config import CameraConfig, CloudConfig
+from test_analytics_service import feed
+from test_analytics_video import LINE, street_records
+
+BROKER = ("127.0.0.1", 1883)
+
+
+def subscriber(topic: str) -> tuple[mqtt.Client, list[tuple[str, str]]]:
+    got: list[tuple[str, str]] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    subscribed = threading.Event()
+    c.on_message = lambda _c, _u, m: got.append((m.topic, m.payload.decode()))
+    c.on_subscribe = lambda *a: subscribed.set()
+    try:
+        c.connect(*BROKER)
+    except OSError as e:
+        pytest.fail(f"Mosquitto is not reachable at {BROKER} ({e}); apt-get install -y mosquitto and start it")
+    c.loop_start()
+    c.subscribe(topic, qos=1)
+    assert subscribed.wait(5), "MQTT subscribe not acknowledged"
+    return c, got
+
+
+def test_events_and_counts_reach_mosquitto():
+    r = shared_redis()
+    prefix = fresh_prefix()
+    topic_prefix = f"test-{uuid.uuid4().hex[:8]}"
+    sub, got = subscriber(f"{topic_prefix}/#")
+    pub = MqttPublisher(*BROKER, prefix=topic_prefix)
+    try:
+        zone = {"name": f"lane{uuid.uuid4().hex[:4]}", "polygon": [(0, 150), (640, 150), (640, 235), (0, 235)]}
+        cfg = CloudConfig(cameras=[CameraConfig(id="street", url="x", lines=[LINE], zones=[zone])])
+        svc = AnalyticsService(r, cfg, Settings(consumer="m", reorder_wait_s=0.1, block_ms=20, discover=False), mqtt=pub)
+        feed(r, street_records()[:320])
+        end = time.monotonic() + 60
+        while time.monotonic() < end and r.hget(keys.counts_key("street"), "seq") != b"319":
+            svc.step()
+        time.sleep(1.0)  # let QoS 1 deliveries land
+        events = [json.loads(p) for t, p in got if t == f"{topic_prefix}/events"]
+        crossings = sorted((e["seq"], e["direction"]) for e in events if e["type"] == "line_cross")
+        assert crossings == [(42, "out"), (121, "in"), (139, "out"), (250, "out"), (291, "out")]
+        assert all(e["label"] == e["class_name"] and e["camera"] == "street" for e in events)
+        topics = dict(got)  # last value per topic
+        assert topics[f"{topic_prefix}/available"] == "online"
+        assert topics[f"{topic_prefix}/street/lines/road/out/car"] == "4"
+        assert topics[f"{topic_prefix}/street/lines/road/in/car"] == "1"
+        assert f"{topic_prefix}/street/car" in topics and f"{topic_prefix}/{zone['name']}/car" in topics
+        assert any(e["type"] == "zone_enter" and e["zone"] == zone["name"] for e in events)
+    finally:
+        pub.close()
+        time.sleep(0.3)
+        # Clear what was retained, so the shared broker keeps nothing of this test.
+        for t in {t for t, _ in got if "/lines/" in t or t.endswith("/available")}:
+            sub.publish(t, b"", qos=1, retain=True).wait_for_publish(5)
+        sub.loop_stop()
+        sub.disconnect()
+        drop_prefix(r, prefix)
+    assert (f"{topic_prefix}/available", "offline") in got  # said on close
+
+
+def test_unreachable_broker_is_a_clear_error():
+    with pytest.raises(MqttError, match="cannot reach the MQTT broker at 127.0.0.1:1"):
+        MqttPublisher("127.0.0.1", 1)
