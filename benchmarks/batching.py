@@ -96,6 +96,28 @@ def targets(results: dict[str, dict], bursty: bool) -> dict:
     return t
 
 
+def markdown(out: dict) -> str:
+    """Tables for docs/batching.md: slo_met per policy, then latency of adaptive vs the best other."""
+    keys = list(out["traces"])
+    pols = [p for p in out["traces"][keys[0]] if p != "adaptive-gpu-prior"]
+    lines = ["| trace@curve (objective) | " + " | ".join(pols) + " |", "|---" * (len(pols) + 1) + "|"]
+    for k in keys:
+        row = out["traces"][k]
+        best = max(row[p]["slo_met"] for p in pols if p != "adaptive")
+        cells = [(f"**{row[p]['slo_met']:.4f}**" if row[p]["slo_met"] >= best and row[p]["slo_met"] > 0 else f"{row[p]['slo_met']:.4f}")
+                 for p in pols]
+        lines.append(f"| {k} ({out['trace_info'][k]['slo_ms']:g} ms) | " + " | ".join(cells) + " |")
+    lines += ["", "| trace@curve | frames | policy | throughput fps | p50 ms | p99 ms | slo_met | worst camera | shed | mean batch |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for k in keys:
+        t = out["targets"][k]
+        for p in dict.fromkeys(["adaptive", t["best_other"][0], t["best_fixed"][0]]):
+            r = out["traces"][k][p]
+            lines.append(f"| {k} | {out['trace_info'][k]['frames']} | {p} | {r['throughput_fps']} | {r['p50_ms']} | {r['p99_ms']} | "
+                         f"{r['slo_met']:.4f} | {min(r['per_camera_slo_met'].values()):.4f} | {sum(r['shed'].values())} | {r['mean_batch']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, required=True, help="write the results here")
@@ -108,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per generated trace")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slo-ms", type=float, default=200.0)
+    ap.add_argument("--markdown", type=Path, help="also write the result tables (markdown) here")
     ap.add_argument("--noise", type=float, default=0.05, help="lognormal sigma of each batch's service time")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -169,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['best_other'][1]:.4f}  best fixed {t['best_fixed'][0]} {t['best_fixed'][1]:.4f}", file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown(out))
     print(json.dumps(out["targets"], indent=1))
     return 0
 

@@ -337,3 +337,31 @@ def test_make_policy_rejects_unknown_kinds_and_missing_cost():
         make_policy("adaptive")
     with pytest.raises(ValueError, match="empty"):
         make_policy("adaptive", cost=CostModel())
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: FixedBatch(0), lambda: TritonBatcher(max_batch=0), lambda: TritonBatcher(8, preferred=(16,)),
+    lambda: TritonBatcher(8, max_queue_delay_ms=-1), lambda: TritonBatcher(8, timeout_action="drop"),
+    lambda: AIMDBatcher(0), lambda: AIMDBatcher(100, decrease=1.5),
+    lambda: AdaptiveBatcher(0, GPU.copy()), lambda: AdaptiveBatcher(200, GPU.copy(), overload="maybe"),
+])
+def test_bad_policy_settings_are_clear_errors(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+def test_closing_queue_is_always_drained():
+    """With no more arrivals every policy takes what is left (the worker's drain at shutdown)."""
+    fs = frames([("a", 0.0), ("b", 0.001), ("a", 0.002)], transit=0.01)
+    for p in (FixedBatch(16), TritonBatcher(16, max_queue_delay_ms=500), AIMDBatcher(200),
+              AdaptiveBatcher(200, GPU.copy())):
+        taken: list[Frame] = []
+        left = list(fs)
+        for _ in range(10):
+            if not left:
+                break
+            d = p.next_batch(view(left, closing=True), 0.02)
+            gone = {id(f) for f in d.take} | {id(f) for f, _ in d.shed}
+            taken += d.take
+            left = [f for f in left if id(f) not in gone]
+        assert not left and sorted(f.key for f in taken) == [0, 1, 2], p.name

@@ -49,7 +49,7 @@ def _ultralytics_head(cut: int, device: str) -> tuple[Callable[[Any], Any], Call
         saved = dict(saved)
         return run(saved[cut], cut + 1, len(layers), saved)
 
-    return edge, cloud, f"FALLBACK stand-in: ultralytics yolov5s.yaml graph, random weights, layers {cut + 1}.. (core head not importable)"
+    return edge, cloud, f"FALLBACK stand-in: ultralytics yolov5s.yaml graph, random weights, layers {cut + 1}.. (the core head was not used)"
 
 
 def head_runner(
