@@ -257,3 +257,13 @@ def test_redis_restart_answers_retry_meanwhile_and_resumes(tmp_path):
         assert prefix
     finally:
         srv.stop()
+
+
+def test_an_older_frame_that_was_never_queued_is_queued_not_mistaken_for_a_resend(r):
+    with IngestThread(cloud_cfg()) as ing:
+        s = stub(ing.address)
+        # Frame 1 was answered RETRY (e.g. queue full) and resent after frame 2 got through.
+        acks = list(s.Stream(iter([frame("cam-a", 0), frame("cam-a", 2), frame("cam-a", 1), frame("cam-a", 2)])))
+        assert [a.status for a in acks] == [pb.Ack.OK] * 4
+        assert acks[2].error == "" and "duplicate" in acks[3].error
+        assert sorted(queued(r, "cam-a")) == [0, 1, 2]

@@ -40,6 +40,9 @@ log = logging.getLogger("split_infer.ingest")
 SERVICE_NAME = "splitinfer.v1.FeatureIngest"
 STATE_EVERY_S = 0.5  # camera state hash writes are throttled to this per camera
 FPS_WINDOW_S = 5.0
+# Seqs remembered per camera to recognise a resend of a queued frame (its Ack was lost). Older
+# resends are queued again and the workers' (camera, session, seq) done keys drop them.
+RESEND_MEMORY = 4096
 
 
 class FrameRejected(Exception):
@@ -62,7 +65,9 @@ class RetryLater(Exception):
 class CameraState:
     decoder: object
     session: str | None = None
-    last_seq: int | None = None  # last seq queued in this session
+    last_seq: int | None = None  # highest seq queued in this session
+    queued_seqs: set = field(default_factory=set)  # recent seqs queued in this session (resend detection)
+    queued_order: deque = field(default_factory=deque)
     staged: tuple[int, dict] | None = None  # decoded but not yet queued (Redis failed): reuse on resend
     shapes: dict[str, tuple[int, ...]] | None = None  # pinned by the first frame when not configured
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -237,7 +242,8 @@ class Ingest:
             if st.session is not None:
                 log.info("camera %s: new edge session %r (was %r), codec state reset", cam, f.session, st.session)
             st.session, st.last_seq, st.staged, st.decoder = f.session, None, None, make_decoder()
-        if st.last_seq is not None and f.seq <= st.last_seq:
+            st.queued_seqs, st.queued_order = set(), deque()
+        if f.seq in st.queued_seqs:
             # A resend of something already queued (its ack was lost): acknowledge, queue nothing.
             metrics.FRAMES.labels("ingest", "duplicate").inc()
             return pb.Ack(camera_id=cam, seq=f.seq, status=pb.Ack.OK, credit=self.s.credit_window,
@@ -269,7 +275,12 @@ class Ingest:
         if f.snapshot_jpeg and not note:
             pipe.set(keys.snapshot_key(cam), f.snapshot_jpeg, ex=3600)
         await self._redis(pipe.execute())
-        st.staged, st.last_seq = None, f.seq
+        st.staged = None
+        st.last_seq = f.seq if st.last_seq is None else max(st.last_seq, f.seq)
+        st.queued_seqs.add(f.seq)
+        st.queued_order.append(f.seq)
+        if len(st.queued_order) > RESEND_MEMORY:
+            st.queued_seqs.discard(st.queued_order.popleft())
 
         st.frames += 1
         st.bytes += len(f.payload)
