@@ -61,11 +61,13 @@ function tileFor(id) {
 function applyState(cam, s) {
   cam.state = s;
   const n = cam.node;
+  const wasOnline = n.dataset.state === "online";
   n.dataset.state = s.online ? "online" : "offline";
+  if (wasOnline !== s.online) drawFrame(cam);
   n.querySelector(".badge").textContent = s.online ? "LIVE" : "OFFLINE";
   n.querySelector(".fps").textContent = fmtFps(s.fps);
   n.querySelector(".bw").textContent = fmtBytes(s.bytes_per_s);
-  n.querySelector(".lat").textContent = fmtMs(s.latency_s);
+  n.querySelector(".lat").textContent = s.online ? fmtMs(s.latency_s) : "–";
   n.querySelector(".offline-why").textContent = fmtAge(s.age_s);
   push(cam.series.fps, s.fps);
   push(cam.series.bw, s.bytes_per_s);
@@ -114,7 +116,7 @@ function drawFrame(cam) {
     g.textAlign = "start";
   }
   const inView = {};
-  if (rec) {
+  if (rec && (!cam.state || cam.state.online)) {  // a dead camera's last boxes are stale: not drawn
     g.lineWidth = Math.max(1.5, 2 * dpr * Math.min(1, k * 2));
     g.font = `600 ${10 * dpr}px system-ui, sans-serif`;
     for (const d of rec.detections) {
@@ -157,7 +159,7 @@ function applyCounts(cam, c) {
     const row = el("div", "line-row");
     row.dataset.line = l.name;
     row.append(el("span", "line-name", l.name),
-      el("span", "total in", `↑ ${sum(l.in)}`), el("span", "total out", `↓ ${sum(l.out)}`));
+      el("span", "total in", `in ${sum(l.in)}`), el("span", "total out", `out ${sum(l.out)}`));
     const classes = {};
     for (const [k, n] of Object.entries(l.in)) classes[k] = (classes[k] || 0) + n;
     for (const [k, n] of Object.entries(l.out)) classes[k] = (classes[k] || 0) + n;
