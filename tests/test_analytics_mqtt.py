@@ -1,8 +1,12 @@
-"""Analytics events mirrored to a real Mosquitto on loopback (127.0.0.1:1883), Frigate topic layout."""
+"""Analytics events mirrored to a real Mosquitto on loopback (127.0.0.1:1883, or a private one
+started from the mosquitto binary when none runs there), Frigate topic layout."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -10,7 +14,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_support import drop_prefix, fresh_prefix, shared_redis
+from cloud_support import drop_prefix, free_port, fresh_prefix, shared_redis
 from split_infer import keys
 from split_infer.analytics.mqtt import MqttError, MqttPublisher
 from split_infer.analytics.service import AnalyticsService, Settings
@@ -18,31 +22,54 @@ from split_infer.config import CameraConfig, CloudConfig
 from test_analytics_service import feed
 from test_analytics_video import LINE, street_records
 
-BROKER = ("127.0.0.1", 1883)
+@pytest.fixture(scope="module")
+def broker():
+    """The Mosquitto at 127.0.0.1:1883; where none answers, a private one on a free port."""
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 1883)) == 0:
+            yield ("127.0.0.1", 1883)
+            return
+    exe = shutil.which("mosquitto")
+    if exe is None:
+        pytest.fail("no MQTT broker at 127.0.0.1:1883 and no mosquitto binary (apt-get install -y mosquitto)")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"private mosquitto on port {port} did not start")
+        yield ("127.0.0.1", port)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
-def subscriber(topic: str) -> tuple[mqtt.Client, list[tuple[str, str]]]:
+def subscriber(broker: tuple[str, int], topic: str) -> tuple[mqtt.Client, list[tuple[str, str]]]:
     got: list[tuple[str, str]] = []
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     subscribed = threading.Event()
     c.on_message = lambda _c, _u, m: got.append((m.topic, m.payload.decode()))
     c.on_subscribe = lambda *a: subscribed.set()
     try:
-        c.connect(*BROKER)
+        c.connect(*broker)
     except OSError as e:
-        pytest.fail(f"Mosquitto is not reachable at {BROKER} ({e}); apt-get install -y mosquitto and start it")
+        pytest.fail(f"Mosquitto is not reachable at {broker} ({e})")
     c.loop_start()
     c.subscribe(topic, qos=1)
     assert subscribed.wait(5), "MQTT subscribe not acknowledged"
     return c, got
 
 
-def test_events_and_counts_reach_mosquitto():
+def test_events_and_counts_reach_mosquitto(broker):
     r = shared_redis()
     prefix = fresh_prefix()
     topic_prefix = f"test-{uuid.uuid4().hex[:8]}"
-    sub, got = subscriber(f"{topic_prefix}/#")
-    pub = MqttPublisher(*BROKER, prefix=topic_prefix)
+    sub, got = subscriber(broker, f"{topic_prefix}/#")
+    pub = MqttPublisher(*broker, prefix=topic_prefix)
     try:
         zone = {"name": f"lane{uuid.uuid4().hex[:4]}", "polygon": [(0, 150), (640, 150), (640, 235), (0, 235)]}
         cfg = CloudConfig(cameras=[CameraConfig(id="street", url="x", lines=[LINE], zones=[zone])])
