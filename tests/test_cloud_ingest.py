@@ -267,3 +267,44 @@ def test_an_older_frame_that_was_never_queued_is_queued_not_mistaken_for_a_resen
         assert [a.status for a in acks] == [pb.Ack.OK] * 4
         assert acks[2].error == "" and "duplicate" in acks[3].error
         assert sorted(queued(r, "cam-a")) == [0, 1, 2]
+
+
+def test_the_ingest_command_serves_metrics_and_stops_cleanly(r, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    import yaml
+
+    from cloud_support import free_port
+
+    port, mport = free_port(), free_port()
+    path = tmp_path / "cloud.yaml"
+    path.write_text(yaml.safe_dump(cloud_cfg().model_dump(mode="json")))
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "split_infer", "cloud", "ingest", "--config", str(path),
+                             "--listen", f"127.0.0.1:{port}", "--metrics-port", str(mport)],
+                            cwd=root, env={**os.environ, "SPLIT_INFER_PREFIX": keys.PREFIX},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(ch).result(timeout=30)
+        s = pb_grpc.FeatureIngestStub(ch)
+        assert s.Send(frame("cam-a", 0)).status == pb.Ack.OK
+        with pytest.raises(grpc.RpcError):
+            s.Send(frame("cam-nope", 0))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        assert 'frames_total{outcome="ok",stage="ingest"} 1.0' in text
+        assert 'frames_total{outcome="rejected_unknown_camera",stage="ingest"} 1.0' in text
+        assert 'camera_up{camera="cam-a"} 1.0' in text and 'bytes_received_total{camera="cam-a"}' in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert "ingest listening" in err and "ingest stopped" in err
+    assert r.hget(keys.camera_state("cam-a"), "online") == b"0"
