@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from split_infer.analytics.aggregates import Aggregates
 from split_infer.analytics.camera import CameraAnalytics
@@ -15,8 +18,6 @@ from split_infer.analytics.lines import LineCounter
 from split_infer.analytics.records import Detection, DetectionFrame, RecordError, parse_record
 from split_infer.analytics.zones import Zone
 from split_infer.config import CameraConfig, LineConfig, ZoneConfig
-
-import numpy as np
 
 VERTICAL = LineConfig(name="v", a=(100, 0), b=(100, 200), margin=8)  # drawn downwards: in = moving right
 
@@ -195,3 +196,17 @@ def test_lost_track_leaves_zone_with_reason_lost_and_state_pickles():
     assert len(exits) == 1 and exits[0].reason == "lost" and exits[0].class_name == "person"
     assert exits[0].dwell_s == pytest.approx(0.8, abs=0.11)  # seen from frame 1 (confirmed) to 9
     assert ca.counts_fields()["zone:all:occupancy:person"] == "0"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=40, max_value=160, allow_nan=False), min_size=1, max_size=60),
+       st.floats(min_value=0, max_value=20))
+def test_counted_crossings_are_the_passages_from_one_far_side_to_the_other(xs, margin):
+    """Any path across a line: counts alternate in/out, and equal the number of moves from beyond
+    the margin on one side to beyond it on the other (everything in the band in between ignored)."""
+    lc = LineCounter.from_config(LineConfig(name="v", a=(100, 0), b=(100, 200), margin=margin))
+    got = [d for d in (lc.update(1, "car", (x, 100)) for x in xs) if d]
+    far = [1 if x - 100 > margin else -1 for x in xs if abs(x - 100) > margin]
+    expected = ["in" if b > 0 else "out" for a, b in zip(far, far[1:]) if a != b]
+    assert got == expected
+    assert all(a != b for a, b in zip(got, got[1:]))
