@@ -15,8 +15,7 @@ import numpy as np
 
 from split_infer.codec import quant
 from split_infer.codec.errors import CodecError
-from split_infer.codec.wire import (Q_AFFINE, Q_DELTA, Q_RAW, Q_SYMBOLS, Frame, Limits, TensorRecord,
-                                    pack, unpack)
+from split_infer.codec.wire import Q_AFFINE, Q_DELTA, Q_RAW, Frame, Limits, TensorRecord, pack, unpack
 
 
 def _check_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,8 +236,6 @@ class Decoder:
             if t.mode == Q_RAW:
                 out[t.name] = np.frombuffer(t.body, t.dtype).reshape(t.shape).copy()
                 continue
-            if t.mode == Q_SYMBOLS:
-                raise CodecError(f"tensor {t.name}: symbol coding belongs to the learned codec")
             codes = np.frombuffer(t.body, np.uint8).reshape(t.shape)
             if t.mode == Q_AFFINE:
                 if not frame.key and frame.codec != "q8-zstd":

@@ -35,7 +35,6 @@ DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
 Q_RAW = 0  # body: the decoded dtype's little-endian bytes
 Q_AFFINE = 1  # body: uint8 codes; per-channel (axis 1) float32 scales and offsets in the header
 Q_DELTA = 2  # body: uint8 codes minus the previous frame's codes, mod 2**bits; scales of the key frame
-Q_SYMBOLS = 3  # body: codec-specific symbol stream (learned codec); no scales
 
 _FIXED = struct.Struct("<4sBBBBIQHH")  # magic, version, codec, flags, n_tensors, stream, seq, cut, params_len
 _TENSOR_TAIL = struct.Struct("<BBI")  # quant mode, bits, body length
@@ -73,14 +72,10 @@ class TensorRecord:
     def channels(self) -> int:
         return self.shape[1] if len(self.shape) >= 2 else 1
 
-    def expected_body_len(self) -> int | None:
-        """Exact decompressed size implied by the descriptor (None: codec-specific, bounded)."""
+    def expected_body_len(self) -> int:
+        """Exact decompressed size implied by the descriptor."""
         n = int(np.prod(self.shape, dtype=np.int64))
-        if self.mode == Q_RAW:
-            return n * self.dtype.itemsize
-        if self.mode in (Q_AFFINE, Q_DELTA):
-            return n
-        return None
+        return n * self.dtype.itemsize if self.mode == Q_RAW else n
 
 
 @dataclass
@@ -218,7 +213,7 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
         if mode == Q_RAW:
             if bits != 0:
                 raise CodecError(f"tensor {name}: raw tensors carry no bit depth")
-        elif mode in (Q_AFFINE, Q_DELTA, Q_SYMBOLS):
+        elif mode in (Q_AFFINE, Q_DELTA):
             if not 1 <= bits <= 8:
                 raise CodecError(f"tensor {name}: bit depth {bits}, allowed 1 to 8")
             if DTYPES[dtype_code].kind != "f":
@@ -238,8 +233,7 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
     dctx = zstandard.ZstdDecompressor()
     for t, body_len in zip(tensors, body_lens):
         comp = r.take(body_len, f"tensor {t.name} body")
-        expected = t.expected_body_len()
-        cap = expected if expected is not None else int(np.prod(t.shape, dtype=np.int64)) * 2 + 1024
+        expected = cap = t.expected_body_len()
         try:
             params_ = zstandard.get_frame_parameters(comp)
         except zstandard.ZstdError as e:
@@ -251,7 +245,7 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
             raw = dctx.decompress(comp, max_output_size=cap)
         except zstandard.ZstdError as e:
             raise CodecError(f"tensor {t.name}: corrupt body: {e}") from None
-        if expected is not None and len(raw) != expected:
+        if len(raw) != expected:
             raise CodecError(f"tensor {t.name}: body has {len(raw)} bytes, shape needs {expected}")
         t.body = raw
     if r.pos != len(body):
