@@ -210,3 +210,19 @@ def test_counted_crossings_are_the_passages_from_one_far_side_to_the_other(xs, m
     expected = ["in" if b > 0 else "out" for a, b in zip(far, far[1:]) if a != b]
     assert got == expected
     assert all(a != b for a, b in zip(got, got[1:]))
+
+
+def test_a_queue_that_stops_reads_as_jammed_and_parked_cars_do_not():
+    ca = CameraAnalytics(CameraConfig(id="c", url="x"))
+    # Twelve parked cars, never moving: not congestion.
+    parked = [("car", 0.9, moving_box(30 + 50 * k, 330, 40, 30)) for k in range(12)]
+    for i in range(100):
+        ca.process(frame(i, parked))
+    assert ca.agg.level == "empty"
+    # Twelve cars drive in (two lanes) and come to a stop nose to tail: a jam.
+    lanes = [(80 + 50 * k, 120 + 80 * (k % 2)) for k in range(12)]
+    for i in range(100, 400):
+        step = min(i - 100, 40)  # 4 s of driving, then standing
+        dets = parked + [("car", 0.9, moving_box(x - 120 + 3 * step, y, 40, 30)) for x, y in lanes]
+        ca.process(frame(i, dets))
+    assert ca.agg.vehicles == 12 and ca.agg.level == "jammed"

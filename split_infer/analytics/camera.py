@@ -57,6 +57,8 @@ class Track:
     anchor: Point
     votes: Counter[str] = field(default_factory=Counter)  # class -> summed detection score
     speed: float | None = None  # anchor motion in box heights per second, smoothed
+    moved: bool = False  # has it ever been a box height away from where it was first seen? (parked: no)
+    origin: Point | None = None
 
     @property
     def class_name(self) -> str:
@@ -135,7 +137,7 @@ class CameraAnalytics:
         ts, p = frame.capture_ts, anchor(box)
         track = self.tracks.get(tid)
         if track is None:
-            track = self.tracks[tid] = Track(first_ts=ts, last_ts=ts, anchor=p)
+            track = self.tracks[tid] = Track(first_ts=ts, last_ts=ts, anchor=p, origin=p)
             track.votes[name] += score
             self.agg.new_track(ts, track.class_name)
         else:
@@ -147,6 +149,8 @@ class CameraAnalytics:
                 track.speed = v if track.speed is None else track.speed + alpha * (v - track.speed)
             track.votes[name] += score
             track.last_ts, track.anchor = ts, p
+            if not track.moved and math.dist(p, track.origin or p) >= max(1.0, float(box[3] - box[1])):
+                track.moved = True
         cls = track.class_name
         out: list[Event] = []
         for line in self.lines.values():
@@ -179,8 +183,8 @@ class CameraAnalytics:
     def _congestion(self, ts: float) -> None:
         speeds = []
         for tr in self.tracks.values():
-            if tr.last_ts != ts or tr.class_name not in VEHICLES or tr.speed is None:
-                continue  # only vehicles seen in this frame, with a measured speed
+            if tr.last_ts != ts or tr.class_name not in VEHICLES or tr.speed is None or not tr.moved:
+                continue  # only vehicles in this frame, with a measured speed, that are not parked
             if self.zones and not any(z.contains(tr.anchor) for z in self.zones.values()):
                 continue
             speeds.append(tr.speed)
