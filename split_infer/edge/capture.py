@@ -35,7 +35,8 @@ class CameraState(str, enum.Enum):
     ONLINE = "online"  # frames are flowing
     RECONNECTING = "reconnecting"  # lost or never opened; retrying with backoff
     ENDED = "ended"  # a file source without loop reached its end
-    DEAD = "dead"  # gave up after max_retries, or stopped
+    DEAD = "dead"  # gave up after max_retries
+    STOPPED = "stopped"  # stop() was called
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,13 @@ class Capture:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            if self.stats.state not in (CameraState.ENDED,):
-                self.stats.state = CameraState.DEAD
+            if self.stats.state not in (CameraState.ENDED, CameraState.DEAD):
+                self.stats.state = CameraState.STOPPED
 
     @property
     def finished(self) -> bool:
         """The source will produce nothing more and the slot is empty."""
-        return self.stats.state in (CameraState.ENDED, CameraState.DEAD) and not self.slot.peek()
+        return self.stats.state in (CameraState.ENDED, CameraState.DEAD, CameraState.STOPPED) and not self.slot.peek()
 
     def take(self, timeout: float = 0.0) -> Frame | None:
         frame = self.slot.take(timeout)
