@@ -126,6 +126,8 @@ class Worker:
         cams = sorted(c.decode() for c in self.r.smembers(keys.CAMERAS_SET))
         streams = [keys.frames_stream(c) for c in cams]
         for s in streams:
+            if s in self.streams and not force:
+                continue
             try:  # from id 0: frames queued before any worker existed are still read
                 self.r.xgroup_create(s, keys.FRAMES_GROUP, id="0", mkstream=True)
             except ResponseError as e:
