@@ -175,6 +175,10 @@ function applyCounts(cam, c) {
   }));
   const cg = cam.node.querySelector(".congestion");
   cg.replaceChildren();
+  if (c.updated_ts == null && !c.lines.length && !c.zones.length) {
+    cg.textContent = "no counts yet (analytics has not processed this camera)";
+    return;
+  }
   const rate = sum(c.per_minute);
   if (c.congestion || rate) {
     cg.append("traffic ");
