@@ -185,8 +185,9 @@ def test_crash_before_commit_replays_from_the_checkpoint(r):
     records = street_records()
     feed(r, records)
     svc = service(r)
-    svc.step()  # first batch committed (checkpoint)
-    svc.step()
+    end = time.monotonic() + 30
+    while r.hget(keys.counts_key("street"), "seq") is None and time.monotonic() < end:
+        svc.step()  # until a first batch is committed (a checkpoint exists)
     # The next commit dies inside the transaction: nothing of it lands.
     svc.r = redis.Redis(connection_pool=r.connection_pool)
     original = svc.r.pipeline

@@ -67,7 +67,7 @@ class Settings:
     lease_ms: int = 10_000
     renew_s: float = 2.0
     block_ms: int = 200
-    read_count: int = 256
+    read_count: int = 64  # per stream and step: bounds a step's time well under the lease
     events_maxlen: int = 100_000
     discover: bool = True  # also analyse cameras that appear in keys.CAMERAS_SET
 
@@ -160,9 +160,12 @@ class AnalyticsService:
             return 0
         n = self._read()
         for cid, own in list(self.owned.items()):
+            if self.owned.get(cid) is not own:
+                continue  # lost while we worked on another camera
             self._release(own, time.monotonic())
             if own.acks or own.dirty:
                 self._commit(cid, own)
+            self.refresh_leases(time.monotonic())  # a long step must not let the leases run out
         return n
 
     def _read(self) -> int:
