@@ -302,3 +302,29 @@ def test_discovered_cameras_are_analysed_and_bad_ids_ignored(r, caplog):
     assert set(svc.owned) == {"street"}
     assert r.hget(keys.counts_key("street"), "per_minute_basis") == b"tracks"  # no lines configured
     assert "not a valid camera id" in caplog.text
+
+
+def test_long_steps_keep_their_leases(r, caplog, monkeypatch):
+    """Three busy cameras and slow frames: the leases are renewed between cameras within a step,
+    so no camera is dropped (and re-processed from its checkpoint) in the middle of the work."""
+    from split_infer.analytics.camera import CameraAnalytics
+
+    real = CameraAnalytics.process
+
+    def slow(self, frame):
+        time.sleep(0.003)
+        return real(self, frame)
+
+    monkeypatch.setattr(CameraAnalytics, "process", slow)
+    records = street_records()[:200]
+    ids = ["c0", "c1", "c2"]
+    for cid in ids:
+        feed(r, [{**rec, "camera": cid} for rec in records])
+    cfg = CloudConfig(cameras=[CameraConfig(id=c, url="x", lines=[LINE]) for c in ids])
+    svc = AnalyticsService(r, cfg, Settings(consumer="slow", reorder_wait_s=0.1, block_ms=20, discover=False,
+                                            lease_ms=800, renew_s=0.2))
+    end = time.monotonic() + 60
+    while time.monotonic() < end and any(r.hget(keys.counts_key(c), "seq") != b"199" for c in ids):
+        svc.step()
+    assert all(r.hget(keys.counts_key(c), "frames") == b"200" for c in ids)
+    assert "lease" not in caplog.text
