@@ -328,3 +328,20 @@ def test_long_steps_keep_their_leases(r, caplog, monkeypatch):
         svc.step()
     assert all(r.hget(keys.counts_key(c), "frames") == b"200" for c in ids)
     assert "lease" not in caplog.text
+
+
+def test_edge_restart_new_session_restarts_seq_without_losing_frames(r):
+    """The edge restarts: a new session whose seq starts again at 0 is analysed, not taken for
+    redeliveries; a straggler of the old session arriving afterwards is dropped as late."""
+    records = street_records()[:200]
+    first = [{**rec, "session": "s1"} for rec in records[:100]]
+    second = [{**rec, "session": "s2", "seq": rec["seq"] - 100} for rec in records[100:]]  # capture_ts goes on
+    feed(r, first + second[:50])
+    feed(r, [first[60]])  # a late duplicate of the old session
+    feed(r, second[50:])
+    svc = service(r, reorder_wait_s=0.2)
+    drive(svc, r, last_seq=99)
+    counts = r.hgetall(keys.counts_key("street"))
+    assert counts[b"frames"] == b"200" and counts[b"skipped_frames"] == b"0"
+    assert sorted((s, d) for s, _, d in crossings(r)) == sorted([(42, "out"), (121 - 100, "in"), (139 - 100, "out")])
+    assert pending(r) == 0
