@@ -308,3 +308,14 @@ def redis_client_ready(url: str, timeout: float = 10) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def test_command_line_errors_are_clear(capsys):
+    from split_infer.api.app import main
+
+    for argv, message in ((["--listen", "nohost"], "--listen must be host:port"),
+                          (["--redis-url", "bogus://x"], "--redis-url 'bogus://x'"),
+                          (["--stale-after", "0"], "--stale-after must be > 0")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -268,12 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         ap.error(f"--listen must be host:port, got {args.listen!r}")
+    if args.stale_after <= 0:
+        ap.error("--stale-after must be > 0")
     if args.prefix:
         keys.set_prefix(args.prefix)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
-    app = create_app(args.redis_url, stale_after_s=args.stale_after)
+    try:
+        app = create_app(args.redis_url, stale_after_s=args.stale_after)
+    except ValueError as e:  # redis-py's verdict on a malformed URL
+        ap.error(f"--redis-url {_safe_url(args.redis_url)!r}: {e}")
     print(f"split-infer api: dashboard at http://{host}:{port}/  (OpenAPI schema at /openapi.json, Redis {_safe_url(args.redis_url)})",
           flush=True)
     uvicorn.run(app, host=host, port=int(port), log_level=args.log_level.lower())
