@@ -130,6 +130,14 @@ def test_a_malformed_record_is_skipped_and_counted_not_a_500(r, api):
     assert ev == {"events": [], "skipped": 1}
 
 
+def test_a_foreign_key_under_our_prefix_is_a_clear_error(r, api):
+    r.sadd(keys.CAMERAS_SET, "cam-1")
+    r.set(keys.counts_key("cam-1"), "not a hash")  # some other program wrote here
+    resp = api.get("/api/cameras/cam-1/counts")
+    assert resp.status_code == 500 and resp.json()["detail"].startswith("Redis error: WRONGTYPE")
+    assert api.get("/api/cameras/cam-1").status_code == 200  # the rest still answers
+
+
 def test_counts_and_events_match_what_analytics_wrote(r, api):
     feeder = Feeder(r, n_cameras=2, dead=())
     t0 = time.time() - 30

@@ -104,8 +104,6 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     app.state.redis = redis or Redis.from_url(
         redis_url, socket_connect_timeout=1.0, socket_timeout=3.0, retry_on_timeout=False,
     )
-    app.state.redis_url = redis_url
-    app.state.stale_after_s = stale_after_s
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
@@ -115,6 +113,12 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
             {"detail": f"Redis unreachable at {_safe_url(redis_url)}: {exc}. Retry later."},
             status_code=503, headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(RedisError)
+    async def _redis_error(request: Request, exc: RedisError) -> JSONResponse:
+        # Redis answered, but with an error (e.g. WRONGTYPE: another program's key under our prefix).
+        log.error("Redis error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": f"Redis error: {exc}"}, status_code=500)
 
     @app.exception_handler(store.NotFound)
     async def _not_found(request: Request, exc: store.NotFound) -> JSONResponse:
