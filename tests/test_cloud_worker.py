@@ -215,7 +215,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing_with_the_real_head(r, tmp_pat
     model = {"name": str(data / "yolov5n.pt"), "cut": 4, "imgsz": list(REAL_IMGSZ)}
     # Frames are queued before the workers start: a generous objective keeps the adaptive policy
     # from shedding them (shedding is tested above); this test is about claiming.
-    conf = {"redis_url": "redis://127.0.0.1:6379/0", "model": model, "head_runtime": "auto",
+    conf = {"redis_url": "redis://127.0.0.1:6379/0", "model": model, "head_runtime": "openvino",
             "latency_slo_ms": 600_000,
             "worker": {"max_batch": 4, "claim_idle_ms": 1500, "claim_interval_s": 0.3, "block_ms": 100,
                        "streams_refresh_s": 0.2}}
@@ -270,7 +270,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing_with_the_real_head(r, tmp_pat
     assert r.xlen(keys.DEAD_LETTER) == 0
 
     # Same detections as the head in this process on the same frames, one at a time.
-    head = yolo_head(CloudConfig.model_validate({"model": model, "head_runtime": "auto"}))
+    head = yolo_head(CloudConfig.model_validate({"model": model, "head_runtime": "openvino"}))
     cars = 0
     for i, cam in enumerate(cams):
         for seq in range(n // 2):

@@ -413,7 +413,10 @@ def yolo_head(cfg: CloudConfig) -> HeadFn:
     from split_infer.preprocess import Letterbox
 
     m = cfg.model
-    head = Head(m.name, m.cut, tuple(m.imgsz), runtime=cfg.head_runtime, conf=m.conf, iou=m.iou)
+    if cfg.head_runtime == "auto":
+        head = fastest_head(cfg)
+    else:
+        head = Head(m.name, m.cut, tuple(m.imgsz), runtime=cfg.head_runtime, conf=m.conf, iou=m.iou)
     log.info("head: %s cut %d imgsz %s on %s (%s)", m.name, m.cut, m.imgsz, head.runtime, head.device)
 
     def run(feats: dict[str, np.ndarray], sizes: list[tuple[int, int]]) -> list[list[dict]]:
@@ -421,6 +424,50 @@ def yolo_head(cfg: CloudConfig) -> HeadFn:
 
     run.head = head  # type: ignore[attr-defined]
     return run
+
+
+def fastest_head(cfg: CloudConfig, repeats: int = 3):
+    """auto: torch on a CUDA GPU; on a CPU whichever of torch and OpenVINO runs this head faster
+    (median of `repeats` batch-1 runs after a warm-up); the slower one is discarded."""
+    import statistics
+
+    import torch
+
+    from split_infer.cloud.head import Head
+
+    m = cfg.model
+    if torch.cuda.is_available():
+        return Head(m.name, m.cut, tuple(m.imgsz), runtime="torch", conf=m.conf, iou=m.iou)
+    best, best_s, times = None, float("inf"), {}
+    for rt in ("torch", "openvino"):
+        head = Head(m.name, m.cut, tuple(m.imgsz), runtime=rt, conf=m.conf, iou=m.iou)
+        feats = {k: np.zeros((1, *v), np.float32) for k, v in feature_shapes(cfg).items()}
+        head.raw(feats)  # warm-up
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            head.raw(feats)
+            samples.append(time.perf_counter() - t0)
+        times[rt] = statistics.median(samples)
+        if times[rt] < best_s:
+            best, best_s = head, times[rt]
+    log.info("head runtime auto: %s (batch 1: %s)", best.runtime,
+             ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items()))
+    return best
+
+
+_SHAPES: dict[tuple, dict[str, tuple[int, ...]]] = {}
+
+
+def feature_shapes(cfg: CloudConfig) -> dict[str, tuple[int, ...]]:
+    """Per-frame shapes of the tensors crossing the cut (a dry run of the edge part, cached)."""
+    from split_infer.cloud.head import _edge_shapes
+
+    m = cfg.model
+    key = (m.name, m.cut, tuple(m.imgsz))
+    if key not in _SHAPES:
+        _SHAPES[key] = _edge_shapes(m.name, m.cut, tuple(m.imgsz))
+    return _SHAPES[key]
 
 
 def load_head(spec: str, cfg: CloudConfig) -> HeadFn:
@@ -449,10 +496,9 @@ def make_policy(cfg: CloudConfig, head: HeadFn):
 def profile_head(cfg: CloudConfig, head: HeadFn):
     """Time the head on zero features for each profile size (the CostModel then learns online)."""
     from split_infer.batching.cost import CostModel
-    from split_infer.cloud.head import _edge_shapes
 
     m = cfg.model
-    shapes = _edge_shapes(m.name, m.cut, tuple(m.imgsz))
+    shapes = feature_shapes(cfg)
     sizes = [b for b in cfg.worker.profile_sizes if b <= cfg.worker.max_batch] or [1]
 
     def run(b: int) -> None:
