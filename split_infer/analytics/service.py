@@ -80,6 +80,7 @@ class AnalyticsService:
         self.mqtt = mqtt  # optional MqttPublisher (split_infer.analytics.mqtt): .publish(camera, events, analytics)
         self.owned: dict[str, Owned] = {}
         self._last_renew = 0.0
+        self._last_scan = 0.0
         self._bad_ids: set[str] = set()
 
     # ------------------------------------------------------------------ ownership
@@ -99,17 +100,26 @@ class AnalyticsService:
                         log.error("ignoring camera id %r from %s: not a valid camera id", cid, keys.CAMERAS_SET)
         return cams
 
-    def refresh_leases(self, now: float) -> None:
-        if now - self._last_renew < self.s.renew_s and self.owned:
+    def renew_leases(self, now: float, force: bool = False) -> None:
+        """Extend the leases we hold (every renew_s, also from inside long work); drop those we lost."""
+        if not force and now - self._last_renew < self.s.renew_s:
             return
         self._last_renew = now
+        for cid in list(self.owned):
+            if not self.r.eval(RENEW, 1, keys.analytics_owner_key(cid), self.s.consumer, self.s.lease_ms):
+                log.warning("lost the lease of camera %s; dropping it", cid)
+                self.owned.pop(cid, None)
+
+    def refresh_leases(self, now: float) -> None:
+        """Renew what we hold and try to take the cameras nobody holds."""
+        if now - self._last_scan < self.s.renew_s and self.owned:
+            return
+        self._last_scan = now
+        self.renew_leases(now, force=True)
         me = self.s.consumer
         for cid, cam in self.cameras().items():
             key = keys.analytics_owner_key(cid)
             if cid in self.owned:
-                if not self.r.eval(RENEW, 1, key, me, self.s.lease_ms):
-                    log.warning("lost the lease of camera %s; dropping it", cid)
-                    del self.owned[cid]
                 continue
             got = self.r.set(key, me, nx=True, px=self.s.lease_ms)
             if not got and self.r.get(key) not in (me, me.encode()):
@@ -162,10 +172,9 @@ class AnalyticsService:
         for cid, own in list(self.owned.items()):
             if self.owned.get(cid) is not own:
                 continue  # lost while we worked on another camera
-            self._release(own, time.monotonic())
-            if own.acks or own.dirty:
+            self._release(own)
+            if (own.acks or own.dirty) and self.owned.get(cid) is own:
                 self._commit(cid, own)
-            self.refresh_leases(time.monotonic())  # a long step must not let the leases run out
         return n
 
     def _read(self) -> int:
@@ -206,10 +215,14 @@ class AnalyticsService:
         own.buffer.append(Pending((frame.capture_ts, frame.seq), entry_id, frame, time.monotonic()))
         own.buffer.sort()
 
-    def _release(self, own: Owned, now: float) -> None:
+    def _release(self, own: Owned) -> None:
         """Process buffered frames in order: the next seq at once, a gap after reorder_wait_s."""
         a = own.analytics
         while own.buffer:
+            now = time.monotonic()
+            self.renew_leases(now)  # a long backlog must not let the leases run out
+            if own not in self.owned.values():
+                return  # lost it: the new owner replays these records from the checkpoint
             p = own.buffer[0]
             f = p.frame
             same = a.session == f.session
@@ -250,7 +263,7 @@ class AnalyticsService:
                 results = pipe.execute()
             except redis.WatchError:
                 log.warning("camera %s: lease lost before commit; another instance takes over", cid)
-                del self.owned[cid]
+                self.owned.pop(cid, None)
                 return
         if acks:
             self.r.xack(keys.detections_stream(cid), keys.ANALYTICS_GROUP, *acks)
