@@ -97,13 +97,14 @@ def test_bad_frames_get_clear_errors_and_other_cameras_lose_nothing(r):
         "oversized": frame("cam-b", 4, payload=oversized),
         "unknown_camera": frame("cam-zzz", 0),
         "bad_camera_id": frame("cam a/../b", 0),
+        "bad_session": frame("cam-b", 6, session="x" * 65),
         "no_size": pb.FeatureFrame(camera_id="cam-b", seq=5, session="s1", capture_ts=time.time(), payload=valid),
     }
     expect = {"bad_header": ("INVALID_ARGUMENT", "bad magic"), "corrupt": ("INVALID_ARGUMENT", "checksum"),
               "wrong_shape": ("INVALID_ARGUMENT", "do not match the expected"),
               "oversized": ("INVALID_ARGUMENT", "exceeds max_payload_bytes"),
               "unknown_camera": ("NOT_FOUND", "unknown camera"), "bad_camera_id": ("INVALID_ARGUMENT", "camera_id"),
-              "no_size": ("INVALID_ARGUMENT", "frame size")}
+              "bad_session": ("INVALID_ARGUMENT", "session"), "no_size": ("INVALID_ARGUMENT", "frame size")}
     with IngestThread(cloud_cfg()) as ing:
         s = stub(ing.address)
         stream = []

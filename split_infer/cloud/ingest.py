@@ -120,6 +120,12 @@ class Ingest:
         if not cam or len(cam) > 64 or not all(c.isalnum() or c in "_.-" for c in cam):
             raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "bad_camera_id",
                                 f"camera_id {cam[:80]!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+        if len(f.session) > 64 or not all(c.isalnum() or c in "_.-" for c in f.session):
+            raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "bad_session",
+                                f"{cam}: session {f.session[:80]!r} must be at most 64 characters of [A-Za-z0-9_.-]")
+        if len(f.timings_ms) > 32:
+            raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "bad_timings",
+                                f"{cam}: {len(f.timings_ms)} timings, at most 32")
         if self.known and cam not in self.known:
             raise FrameRejected(grpc.StatusCode.NOT_FOUND, "unknown_camera",
                                 f"unknown camera {cam!r}: not in this ingest's camera list")
