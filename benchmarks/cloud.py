@@ -22,13 +22,10 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
-
 
 def real_payloads(n: int, model: str, cut: int, imgsz: tuple[int, int]) -> tuple[list[bytes], dict]:
     import cv2
@@ -54,11 +51,9 @@ def real_payloads(n: int, model: str, cut: int, imgsz: tuple[int, int]) -> tuple
             out.append(enc.encode(feats))
     return out, shapes
 
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -154,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
