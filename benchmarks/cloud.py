@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
 
+
 def real_payloads(n: int, model: str, cut: int, imgsz: tuple[int, int]) -> tuple[list[bytes], dict]:
     import cv2
     import torch
@@ -51,9 +52,11 @@ def real_payloads(n: int, model: str, cut: int, imgsz: tuple[int, int]) -> tuple
             out.append(enc.encode(feats))
     return out, shapes
 
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
