@@ -345,3 +345,31 @@ def test_edge_restart_new_session_restarts_seq_without_losing_frames(r):
     assert counts[b"frames"] == b"200" and counts[b"skipped_frames"] == b"0"
     assert sorted((s, d) for s, _, d in crossings(r)) == sorted([(42, "out"), (121 - 100, "in"), (139 - 100, "out")])
     assert pending(r) == 0
+
+
+def test_a_deleted_stream_is_taken_again(r):
+    """Someone deletes a camera's detection stream (and so the group) under the running service:
+    it recreates the group and goes on with the records that come next."""
+    import threading
+
+    records = street_records()[:120]
+    feed(r, records[:60])
+    svc = service(r)
+    stop = threading.Event()
+    worker = threading.Thread(target=svc.run, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and r.hget(keys.counts_key("street"), "seq") != b"59":
+            time.sleep(0.05)
+        r.delete(keys.detections_stream("street"))
+        time.sleep(0.3)
+        feed(r, records[60:])
+        end = time.monotonic() + 30
+        while time.monotonic() < end and r.hget(keys.counts_key("street"), "seq") != b"119":
+            time.sleep(0.05)
+        assert worker.is_alive()
+        assert r.hget(keys.counts_key("street"), "frames") == b"120"
+    finally:
+        stop.set()
+        worker.join(10)

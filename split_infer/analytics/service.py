@@ -46,7 +46,7 @@ class Pending:
     arrived: float = field(compare=False)  # monotonic time it was read
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class Owned:
     """A camera this instance holds the lease of."""
 
@@ -221,7 +221,7 @@ class AnalyticsService:
         while own.buffer:
             now = time.monotonic()
             self.renew_leases(now)  # a long backlog must not let the leases run out
-            if own not in self.owned.values():
+            if not any(o is own for o in self.owned.values()):
                 return  # lost it: the new owner replays these records from the checkpoint
             p = own.buffer[0]
             f = p.frame
@@ -287,6 +287,12 @@ class AnalyticsService:
                 log.error("redis unreachable (%s); retrying in 1 s", e)
                 self.owned.clear()
                 stop.wait(1.0)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                # A detection stream was deleted under us: take the cameras again (recreates the group).
+                log.warning("a detection stream or its group vanished (%s); re-taking the cameras", e)
+                self.owned.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
