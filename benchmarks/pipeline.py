@@ -105,9 +105,13 @@ def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
         ids = [c["id"] for c in cams]
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            done = sum(r.xlen(f"si:detections:{c}") for c in ids)
+            done = sum(r.xlen(f"si:detections:{c}") for c in ids) + r.xlen("si:dropped") + r.xlen("si:deadletter")
             if done >= total:
                 break
+            if children.procs["edge"].poll() == 0:  # it stopped: wait for what it delivered, no more
+                acked = sum(c["acked"] for c in json.loads(stats_path.read_text())["cameras"].values())
+                if done >= acked:
+                    break
             bad = children.dead()
             if bad and not (bad == ["edge"] and children.procs["edge"].returncode == 0):
                 raise DemoError(f"{bad[0]} exited:\n{children.log_tail(bad[0])}")

@@ -14,8 +14,8 @@ from split_infer.edge.outbox import Item, Outbox
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def item(cam: str, seq: int) -> Item:
-    return Item(cam, seq, SimpleNamespace(capture_ts=1000.0 + seq + (0.5 if cam == "b" else 0.0)))
+def item(cam: str, seq: int, key: bool = True) -> Item:
+    return Item(cam, seq, SimpleNamespace(capture_ts=1000.0 + seq + (0.5 if cam == "b" else 0.0)), {"key": key})
 
 
 def drain(box: Outbox) -> list[tuple[str, int]]:
@@ -27,9 +27,18 @@ def drain(box: Outbox) -> list[tuple[str, int]]:
 
 def test_full_buffer_drops_the_oldest():
     box = Outbox(capacity=3, window=8)
-    dropped = [box.push(item("a", i)) for i in range(5)]
-    assert [d.seq for d in dropped if d] == [0, 1]
+    dropped = [d for i in range(5) for d in box.push(item("a", i))]
+    assert [d.seq for d in dropped] == [0, 1]
     assert [it.seq for it in box.queue] == [2, 3, 4]
+
+
+def test_dropping_a_reference_drops_the_deltas_that_need_it():
+    box = Outbox(capacity=4, window=8)
+    for seq, key in ((0, True), (1, False), (2, False), (3, True)):
+        box.push(item("a", seq, key))
+    box.push(item("b", 0))
+    # a0 was dropped; a1 and a2 cannot decode without it; a3 is a key frame and stays.
+    assert [(it.camera, it.seq) for it in box.queue] == [("a", 3), ("b", 0)]
 
 
 def test_window_and_per_camera_credit():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import signal
 import time
 
-from media import HttpFeed, street_video
+import urllib.request
+
+from media import HttpFeed, free_port, street_video
 from pipeline_support import Pipeline, duplicates, wait_for
 
 
@@ -21,7 +23,8 @@ def test_ingest_restart_and_camera_outage_recover_on_their_own(tmp_path):
     feed = HttpFeed(street_video(), loop=True).start()
     cams = [{"id": "live0", "url": str(street_video()), "loop": True},  # paced like a camera, 10 fps
             {"id": "http0", "url": feed.url}]
-    pipe = Pipeline(tmp_path, db=12, cameras=cams, edge_extra={"buffer_frames": 16})
+    metrics_port = free_port()
+    pipe = Pipeline(tmp_path, db=12, cameras=cams, edge_extra={"buffer_frames": 16, "metrics_port": metrics_port})
     try:
         pipe.start_ingest()
         pipe.start_worker("w1")
@@ -49,6 +52,10 @@ def test_ingest_restart_and_camera_outage_recover_on_their_own(tmp_path):
         cap = s["cameras"]["http0"]["capture"]
         assert cap["state"] == "online" and cap["reconnects"] >= 1, cap
         assert s["cameras"]["live0"]["dropped_buffer"] > 0, "frames produced during the outage were dropped uncounted"
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'edge_frames_total{camera="live0",outcome="acked"}' in text
+        assert 'edge_frames_total{camera="live0",outcome="dropped_buffer"}' in text
+        assert "edge_cloud_reconnects_total 1.0" in text or "edge_cloud_reconnects_total 2.0" in text, text[-2000:]
 
         pipe.signal("edge", signal.SIGTERM)
         assert pipe.wait_exit("edge", 60) == 0, pipe.log("edge")[-3000:]

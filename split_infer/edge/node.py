@@ -33,6 +33,7 @@ import numpy as np
 
 from split_infer import metrics
 from split_infer.codec import make_encoder
+from split_infer.codec.wire import FLAG_KEY
 from split_infer.config import CameraConfig, EdgeConfig, load_yaml
 from split_infer.edge.capture import Capture, CameraState, Frame
 from split_infer.edge.outbox import Item, Outbox
@@ -43,6 +44,7 @@ log = logging.getLogger("split_infer.edge")
 
 SNAPSHOT_WIDTH = 320
 SNAPSHOT_QUALITY = 70
+KEY_FLAG_OFFSET = 6  # magic (4), version (1), codec (1), flags
 MAX_MESSAGE = 64 << 20  # far above any feature frame; the ingest enforces its own payload limit
 
 
@@ -148,7 +150,8 @@ class EdgeNode:
                 snapshot_jpeg=snapshot, session=self.session,
                 timings_ms={"capture": frame.capture_ms, "preprocess": pre_ms, "extract": extract_ms,
                             "encode": encode_ms})
-            item = Item(cam, seq, msg, {"index": frame.index, "connection": frame.connection})
+            key = bool(payload[KEY_FLAG_OFFSET] & FLAG_KEY)  # docs/wire-format.md: flags byte of the header
+            item = Item(cam, seq, msg, {"index": frame.index, "connection": frame.connection, "key": key})
         except Exception as e:  # one bad frame costs one frame, never the node
             log.exception("camera %s: encoding frame %d failed", cam, frame.index)
             with self._lock:
@@ -174,8 +177,7 @@ class EdgeNode:
         self._busy.discard(cam)
         if item is None:
             return
-        dropped = self.outbox.push(item)
-        if dropped is not None:
+        for dropped in self.outbox.push(item):
             self._drop(dropped, "dropped_buffer")
         metrics.EDGE_BUFFER.set(len(self.outbox))
         assert self._wake is not None
@@ -201,7 +203,7 @@ class EdgeNode:
             started = False
             # Back-pressure: while the cloud is connected but slower than us, let the capture slots
             # skip frames instead of extracting features that would be dropped from a full buffer.
-            if not (self._connected and self.outbox.full):
+            if not (self._connected and len(self.outbox) + len(self._busy) >= self.outbox.capacity):
                 for k in range(n):
                     cid = order[(nxt + k) % n]
                     if cid in self._busy:

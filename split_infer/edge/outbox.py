@@ -50,9 +50,20 @@ class Outbox:
     def full(self) -> bool:
         return len(self.queue) >= self.capacity
 
-    def push(self, item: Item) -> Item | None:
-        """Append; returns the oldest item when it had to be dropped to make room."""
-        dropped = self.queue.popleft() if self.full else None
+    def push(self, item: Item) -> list[Item]:
+        """Append; returns what had to be dropped to make room: the oldest frame and, for stateful
+        codecs, the queued delta frames of its camera that depended on it (up to its next key frame)."""
+        dropped: list[Item] = []
+        if self.full:
+            oldest = self.queue.popleft()
+            dropped.append(oldest)
+            for other in list(self.queue):
+                if other.camera != oldest.camera:
+                    continue
+                if other.info.get("key", True):
+                    break
+                self.queue.remove(other)
+                dropped.append(other)
         self.queue.append(item)
         return dropped
 
