@@ -96,6 +96,14 @@ def partition(model: nn.Module, cut: int) -> tuple[EdgePart, CloudPart]:
     return EdgePart(layers, cut).eval(), CloudPart(layers, cut).eval()
 
 
+def crossing_shapes(model: nn.Module, cut: int, imgsz: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes (without batch) of the tensors crossing `cut` for WIDTHxHEIGHT inputs, from a dry run."""
+    edge, _ = partition(model, cut)
+    with torch.no_grad():
+        out = edge(torch.zeros(1, 3, imgsz[1], imgsz[0]))
+    return {k: tuple(v.shape[1:]) for k, v in out.items()}
+
+
 def cut_table(model: nn.Module, imgsz: tuple[int, int]) -> list[dict]:
     """For every cut: the crossing tensors, their shapes and their size against the raw input."""
     layers = layers_of(model)

@@ -7,6 +7,7 @@ CUDA GPU and OpenVINO on a CPU (faster there, see benchmarks/edge_speed.py).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,14 @@ class Head:
         import torch
 
         from split_infer.models import load_model
-        from split_infer.partition import partition
+        from split_infer.partition import crossing_shapes, partition
 
         if runtime not in RUNTIMES:
             raise ValueError(f"head runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.model_name, self.cut, self.imgsz, self.conf, self.iou = model, cut, tuple(imgsz), conf, iou
         net = load_model(model)
         self.names = dict(net.names)
+        self.feature_shapes = crossing_shapes(net, cut, self.imgsz)
         _, self.cloud = partition(net, cut)
         self.input_names = self.cloud.input_names
         if runtime == "auto":
@@ -58,8 +60,7 @@ class Head:
                 return self.cloud(dict(zip(names, xs)))
 
         with torch.no_grad():
-            w, h = self.imgsz
-            feats = _edge_shapes(self.model_name, self.cut, (w, h))
+            feats = self.feature_shapes
             example = tuple(torch.zeros(1, *feats[n]) for n in names)
             ov_model = ov.convert_model(_Positional().eval(), example_input=example,
                                         input=[(-1, *feats[n]) for n in names])
@@ -93,17 +94,13 @@ class Head:
                 for r, lb in zip(raw, letterboxes)]
 
 
-def _edge_shapes(model: str, cut: int, imgsz: tuple[int, int]) -> dict[str, tuple[int, ...]]:
-    """Shapes (without batch) of the crossing tensors at a cut, from a dry run of the edge part."""
-    import torch
-
+@functools.lru_cache(maxsize=8)
+def feature_shapes(model: str, cut: int, imgsz: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes (without batch) of the tensors crossing `cut` of `model` at WIDTHxHEIGHT `imgsz`."""
     from split_infer.models import load_model
-    from split_infer.partition import partition
+    from split_infer.partition import crossing_shapes
 
-    edge, _ = partition(load_model(model), cut)
-    with torch.no_grad():
-        out = edge(torch.zeros(1, 3, imgsz[1], imgsz[0]))
-    return {k: tuple(v.shape[1:]) for k, v in out.items()}
+    return crossing_shapes(load_model(model), cut, tuple(imgsz))
 
 
 def model_dir_for(model: str, cut: int, imgsz: tuple[int, int]) -> Path:

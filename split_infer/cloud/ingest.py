@@ -462,9 +462,9 @@ def with_feature_shapes(cfg: CloudConfig) -> CloudConfig:
     """Fill `ingest.feature_shapes` from the model (a dry run of its edge part) when not configured."""
     if cfg.ingest.feature_shapes:
         return cfg
-    from split_infer.cloud.head import _edge_shapes  # torch, once at start-up
+    from split_infer.cloud.head import feature_shapes  # torch, once at start-up
 
-    shapes = _edge_shapes(cfg.model.name, cfg.model.cut, tuple(cfg.model.imgsz))
+    shapes = feature_shapes(cfg.model.name, cfg.model.cut, tuple(cfg.model.imgsz))
     log.info("expecting features %s (model %s, cut %d, imgsz %s)", shapes, cfg.model.name, cfg.model.cut,
              cfg.model.imgsz)
     ingest = cfg.ingest.model_copy(update={"feature_shapes": {k: list(v) for k, v in shapes.items()}})

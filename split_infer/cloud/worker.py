@@ -456,18 +456,12 @@ def fastest_head(cfg: CloudConfig, repeats: int = 3):
     return best
 
 
-_SHAPES: dict[tuple, dict[str, tuple[int, ...]]] = {}
-
-
 def feature_shapes(cfg: CloudConfig) -> dict[str, tuple[int, ...]]:
     """Per-frame shapes of the tensors crossing the cut (a dry run of the edge part, cached)."""
-    from split_infer.cloud.head import _edge_shapes
+    from split_infer.cloud import head
 
     m = cfg.model
-    key = (m.name, m.cut, tuple(m.imgsz))
-    if key not in _SHAPES:
-        _SHAPES[key] = _edge_shapes(m.name, m.cut, tuple(m.imgsz))
-    return _SHAPES[key]
+    return head.feature_shapes(m.name, m.cut, tuple(m.imgsz))
 
 
 def load_head(spec: str, cfg: CloudConfig) -> HeadFn:
