@@ -288,7 +288,7 @@ class AnalyticsService:
                 self.owned.clear()
                 stop.wait(1.0)
             except redis.ResponseError as e:
-                if "NOGROUP" not in str(e):
+                if not str(e).startswith(("NOGROUP", "UNBLOCKED")):  # UNBLOCKED: deleted during a blocking read
                     raise
                 # A detection stream was deleted under us: take the cameras again (recreates the group).
                 log.warning("a detection stream or its group vanished (%s); re-taking the cameras", e)
