@@ -167,6 +167,11 @@ def test_counts_and_events_match_what_analytics_wrote(r, api):
                    for e in crossings["events"])
     everything = api.get("/api/counts").json()
     assert [c["camera"] for c in everything["cameras"]] == ["cam-1", "cam-2"]
+    total = sum(r.xlen(keys.events_stream(c.id)) for c in feeder.cams)
+    merged = api.get("/api/events", params={"limit": 1000}).json()["events"]
+    assert len(merged) == total and {e["camera"] for e in merged} == {"cam-1", "cam-2"}
+    assert [e["ts"] for e in merged] == sorted((e["ts"] for e in merged), reverse=True)
+    assert len(api.get("/api/events", params={"limit": 3}).json()["events"]) == 3
 
 
 def test_snapshot_is_the_latest_jpeg(r, api):

@@ -50,7 +50,9 @@ def test_api_conforms_to_its_schema(case, populated):
         # the API rejects it with a clear 422 instead of answering an empty page.
         response = case.call()
         assert response.status_code == 422, response.text
-        assert "is after end" in response.json()["detail"]
+        detail = response.json()["detail"]
+        # Either our message, or FastAPI's list when another parameter is invalid as well.
+        assert isinstance(detail, list) or "is after end" in detail, detail
         return
     case.call_and_validate()
 

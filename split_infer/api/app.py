@@ -228,6 +228,20 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
         events, skipped = await store.events(r, camera, start, end, limit, type)
         return EventList(events=events, skipped=skipped)
 
+    @app.get("/api/events", response_model=EventList, responses={503: ERRORS[503], 422: ERRORS[422]},
+             tags=["analytics"])
+    async def every_event(
+        r: RedisDep,
+        start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h")] = None,
+        end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
+        limit: Limit = 100,
+        type: Annotated[str | None, Query(max_length=64, description="only events of this type")] = None,
+    ) -> EventList:
+        """Events of every camera, newest first."""
+        start, end = _range(start, end, 3600.0)
+        events, skipped = await store.all_events(r, start, end, limit, type)
+        return EventList(events=events, skipped=skipped)
+
     # ------------------------------------------------------------------ live
 
     @app.get("/api/live", response_class=EventSourceResponse, tags=["live"],

@@ -199,6 +199,18 @@ async def events(r: Redis, camera: str, start: float, end: float, limit: int,
     return good[:limit], len(parsed) - sum(e is not None for e in parsed)
 
 
+async def all_events(r: Redis, start: float, end: float, limit: int, type_: str | None) -> tuple[list[Event], int]:
+    """Newest-first events of every camera in [start, end]."""
+    merged: list[Event] = []
+    skipped = 0
+    for cam in await camera_ids(r):
+        evs, bad = await events(r, cam, start, end, limit, type_)
+        merged += evs
+        skipped += bad
+    merged.sort(key=lambda e: (e.ts, e.id), reverse=True)
+    return merged[:limit], skipped
+
+
 _ZONE_INT = ("occupancy", "entries", "exits")
 _ZONE_FLOAT = ("dwell_s", "dwell_max_s")
 

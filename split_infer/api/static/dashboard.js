@@ -52,7 +52,7 @@ function tileFor(id) {
   };
   cams.set(id, cam);
   const grid = document.getElementById("grid");
-  const after = [...grid.children].find((n) => n.dataset.camera > id);
+  const after = [...grid.children].find((n) => n.dataset.camera.localeCompare(id, undefined, { numeric: true }) > 0);
   grid.insertBefore(node, after || null);
   document.getElementById("empty").hidden = true;
   return cam;
