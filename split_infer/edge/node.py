@@ -384,6 +384,7 @@ class EdgeNode:
         return {"node_id": self.cfg.node_id, "session": self.session, "connected": self._connected,
                 "cloud": self.cfg.cloud, "last_connection_error": self._last_conn_error,
                 "reconnects": self._reconnects, "buffered": len(self.outbox), "inflight": len(self.outbox.inflight),
+                "undelivered": len(self.outbox) + len(self.outbox.inflight),
                 "uptime_s": round(time.time() - self._started, 3), "frames_taken": self._taken, "cameras": cams}
 
     def _write_stats(self) -> None:
@@ -437,7 +438,6 @@ class EdgeNode:
             stats_task.cancel()
             await asyncio.to_thread(self._stop_captures)
             stats = self.stats()
-            stats["undelivered"] = len(self.outbox) + len(self.outbox.inflight)
             if self.stats_path is not None:
                 self._write_stats()
             if self._sent_log:
