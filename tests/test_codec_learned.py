@@ -115,3 +115,26 @@ def test_adaptive_learned_encoder_meets_a_budget(model_file: Path) -> None:
     assert np.mean(sizes[-10:]) * fps <= budget
     rep = enc.report()
     assert rep["codec"] == "learned" and rep["level"] > 0 and rep["estimated_bps"] <= budget
+
+
+def test_cli_trains_and_fine_tunes_on_real_footage(tmp_path: Path, capsys) -> None:
+    """`split-infer codec train` end to end on the real clip (a few steps: this checks the
+    workflow, not the quality), then a per-camera fine-tune from it, then `codec info`."""
+    from split_infer.codec.cli import main
+
+    video = Path(__file__).resolve().parents[1].parent / "shared/data/street-640x360.mp4"
+    assert video.is_file(), f"real test footage missing: {video} (see ../shared/data/SOURCES.md)"
+    base, tuned = tmp_path / "base.npz", tmp_path / "cam.npz"
+    assert main(["train", "--video", str(video), "--frames", "0:8", "--every", "4", "--pretrain-steps", "2",
+                 "--steps", "1", "--batch", "2", "--threads", "1", "--out", str(base)]) == 0
+    assert main(["train", "--video", str(video), "--frames", "8:12", "--every", "4", "--init", str(base),
+                 "--pretrain-steps", "1", "--steps", "0", "--batch", "2", "--threads", "1", "--out", str(tuned)]) == 0
+    m = LearnedModel.load(tuned)
+    assert m.meta["trained_on"]["frames"] == [8, 12] and m.meta["trained_on"]["fine_tuned_from"] == str(base)
+    assert m.model_id != LearnedModel.load(base).model_id
+    capsys.readouterr()
+    assert main(["info", str(tuned)]) == 0
+    assert m.model_id in capsys.readouterr().out
+    x = np.random.default_rng(0).random((1, 128, 48, 80), np.float32)
+    p = make_encoder(f"learned:{tuned}").encode({"x4": x})
+    assert make_decoder(learned_dir=str(tmp_path)).decode(p)["x4"].shape == (1, 128, 48, 80)

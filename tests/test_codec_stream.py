@@ -43,7 +43,8 @@ def test_temporal_error_is_bounded_by_dead_zone_and_step() -> None:
 
 
 def test_temporal_deltas_are_much_smaller_than_key_frames() -> None:
-    sizes = [len(p) for p in encode_all(make_encoder("temporal", deadzone=2, key_interval=10), clip(20, shape=(1, 32, 24, 40)))]
+    enc = make_encoder("temporal", deadzone=2, key_interval=10)
+    sizes = [len(p) for p in encode_all(enc, clip(20, shape=(1, 32, 24, 40)))]
     assert max(sizes[1:10]) < sizes[0] / 3 and sizes[10] > max(sizes[11:20])
 
 

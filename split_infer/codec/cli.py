@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--init", help="start from this model: per-camera fine-tuning")
     t.add_argument("--steps", type=int, default=120, help="distillation steps through the frozen head")
     t.add_argument("--pretrain-steps", type=int, default=400, help="cheap feature-reconstruction steps first")
-    t.add_argument("--channels", type=int, default=12)
+    t.add_argument("--channels", type=int, default=12, help="latent channels (taken from --init when given)")
     t.add_argument("--rate-weight", type=float, default=0.02)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, help="peak learning rate (default 2e-3, or 3e-4 when fine-tuning)")
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--model", default="yolov5s")
     t.add_argument("--cut", type=int, default=4)
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from split_infer.codec.train import train
     from split_infer.preprocess import parse_imgsz
 
-    if args.init and args.channels != 12:
-        print("note: --channels is taken from the --init model", file=sys.stderr)
-    train(args.video, args.out, frames=args.frames, every=args.every, steps=args.steps, pretrain_steps=args.pretrain_steps, channels=args.channels,
-          batch=args.batch, lr=args.lr, rate_weight=args.rate_weight, init=args.init, model_name=args.model,
-          cut=args.cut, imgsz=parse_imgsz(args.imgsz), threads=args.threads, max_seconds=args.max_minutes * 60)
+    train(args.video, args.out, frames=args.frames, every=args.every, steps=args.steps,
+          pretrain_steps=args.pretrain_steps, channels=args.channels, batch=args.batch,
+          lr=args.lr or (3e-4 if args.init else 2e-3), rate_weight=args.rate_weight, init=args.init,
+          model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz), threads=args.threads,
+          max_seconds=args.max_minutes * 60)
     return 0
 
 

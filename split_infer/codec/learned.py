@@ -89,7 +89,8 @@ class LearnedModel:
 
             t = {k: torch.from_numpy(v) for k, v in w.items()}
             with torch.no_grad():
-                h = F.silu(F.conv2d(torch.from_numpy(y.astype(np.float32)), t["dec1.weight"], t["dec1.bias"], padding=1))
+                y_t = torch.from_numpy(y.astype(np.float32))
+                h = F.silu(F.conv2d(y_t, t["dec1.weight"], t["dec1.bias"], padding=1))
                 return F.silu(F.conv2d(h, t["dec2.weight"], t["dec2.bias"], padding=1)).numpy()
         h = silu(conv(y[0].astype(np.float32), w["dec1.weight"], w["dec1.bias"]))
         return silu(conv(h, w["dec2.weight"], w["dec2.bias"]))[None]

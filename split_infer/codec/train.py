@@ -12,7 +12,6 @@ default) of frames decoded once, so it fits a 2-core CPU in minutes.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -83,9 +82,8 @@ def build(channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128)
 
 def _distill_loss(s, t):
     """Head outputs [B, N, 85] (xywh px, obj, 80 class probs): student vs teacher."""
-    import torch.nn.functional as F
-
     eps = 1e-6
+
     def kl(p, q):  # binary KL(q || p) per element
         p, q = p.clamp(eps, 1 - eps), q.clamp(eps, 1 - eps)
         return q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()
@@ -113,11 +111,15 @@ def train(video: str, out: str, frames: tuple[int, int | None] = (0, None), ever
     feats, tensor, cloud, span = collect_features(video, frames, every, model_name, cut, imgsz, log)
     for p in cloud.parameters():
         p.requires_grad_(False)
-    net = build(channels, cin=feats.shape[1])
-    if init:
-        state = {k: torch.from_numpy(v) for k, v in _load_npz(init)[0].items()}
+    state = {k: torch.from_numpy(v) for k, v in _load_npz(init)[0].items()} if init else None
+    if state:  # the architecture comes from the model being fine-tuned
+        channels = state["enc2.weight"].shape[0]
+        net = build(channels, hidden=state["enc1.weight"].shape[0], dec_hidden=state["dec1.weight"].shape[0],
+                    cin=feats.shape[1])
         net.load_state_dict(state)
         log(f"fine-tuning from {init}")
+    else:
+        net = build(channels, cin=feats.shape[1])
     var = torch.from_numpy(feats[::4].astype(np.float32).var(axis=(0, 2, 3))).view(1, -1, 1, 1) + 1e-4
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     total = steps + pretrain_steps
@@ -157,7 +159,8 @@ def train(video: str, out: str, frames: tuple[int, int | None] = (0, None), ever
             break
     m = np.mean(hist[-20:], axis=0)
     meta = {"format": "split-infer learned codec v1", "model": model_name, "cut": cut, "tensor": tensor,
-            "channels": channels, "imgsz": list(imgsz), "crop": [ch, cw], "steps": len(hist), "pretrain_steps": pretrain_steps,
+            "channels": channels, "imgsz": list(imgsz), "crop": [ch, cw],
+            "steps": len(hist), "pretrain_steps": pretrain_steps,
             "rate_weight": rate_weight, "train_seconds": round(time.time() - t_start, 1),
             "final": {"feat_nmse": round(float(m[0]), 5), "distill": round(float(m[1]), 5),
                       "bits_per_value": round(float(m[2]), 4)},
