@@ -1,23 +1,31 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven by Playwright.
 
-`split-infer api` runs as its own process over real Redis while a feeder writes what the ingest,
-the workers and analytics write (eight cameras, one dead). The page must draw each camera's
-snapshot with its boxes, show counts that change, mark the dead camera, notice a camera dying
-while it is open, never reload, and fetch nothing from outside this server.
-Screenshot: artifacts/dashboard.png.
+Two runs, each with `split-infer api` as its own process over real Redis:
+- fed: a feeder writes what the ingest, the workers and analytics write (eight cameras, one
+  dead). The page must draw each camera's snapshot with its boxes, show counts that change, mark
+  the dead camera, notice a camera dying while it is open, never reload, and fetch nothing from
+  outside this server. Screenshot: artifacts/dashboard.png.
+- real pipeline: `split-infer demo` (edge node, ingest, worker on the sample footage) plus
+  `split-infer analytics`; the tiles must show real detections and the counts must change.
+  Screenshot: artifacts/dashboard-pipeline.png.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from api_feeder import Feeder
-from api_support import ROOT, api_server, isolated_prefix, redis_client
+from api_support import REDIS_URL, ROOT, api_server, isolated_prefix, redis_client
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -42,17 +50,36 @@ LINE_TOTAL = """() => [...document.querySelectorAll('.line-row .total')]
   .reduce((a, e) => a + Number(e.textContent.replace(/[^0-9]/g, '')), 0)"""
 
 
-def launch(p):
+def playwright():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install -y chromium)")
-    return p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-
-
-def test_dashboard_live_in_chromium():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("python package playwright is missing: pip install -e '.[dev]' (never `playwright install`)")
+    return sync_playwright()
+
+
+def open_page(p, base: str):
+    """The dashboard in a fresh headless Chromium; records requests to other hosts and page errors."""
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.outside, page.errors = [], []
+    page.on("request", lambda req: page.outside.append(req.url)
+            if urlsplit(req.url).hostname not in ("127.0.0.1", None) and not req.url.startswith("data:") else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(base + "/")
+    page.evaluate("window.__sameDocument = true")
+    return browser, page
+
+
+def check_clean(page) -> None:
+    assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    assert not page.errors, f"page errors: {page.errors}"
+    assert not page.outside, f"the dashboard fetched from outside the server: {page.outside}"
+
+
+def test_dashboard_live_in_chromium():
     r = redis_client()
     with isolated_prefix(r) as prefix:
         feeder = Feeder(r, n_cameras=8, dead=("cam-8",))
@@ -69,16 +96,8 @@ def test_dashboard_live_in_chromium():
         thread = threading.Thread(target=feed, daemon=True)
         thread.start()
         try:
-            with api_server(prefix, stale_after_s=2.0) as base, sync_playwright() as p:
-                browser = launch(p)
-                page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                outside, errors = [], []
-                page.on("request", lambda req: outside.append(req.url)
-                        if urlsplit(req.url).hostname not in ("127.0.0.1", None) and not req.url.startswith("data:")
-                        else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(base + "/")
-                page.evaluate("window.__sameDocument = true")
+            with api_server(prefix, stale_after_s=2.0) as base, playwright() as p:
+                browser, page = open_page(p, base)
 
                 # Eight tiles; seven live, one dead and plainly so.
                 page.wait_for_function("document.querySelectorAll('.tile').length === 8", timeout=15000)
@@ -116,11 +135,88 @@ def test_dashboard_live_in_chromium():
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-                assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
-                assert not errors, f"page errors: {errors}"
-                assert not outside, f"the dashboard fetched from outside the server: {outside}"
+                check_clean(page)
                 browser.close()
         finally:
             stop.set()
             thread.join()
     assert SCREENSHOT.stat().st_size > 50_000
+
+
+# --------------------------------------------------------------------------- the real pipeline
+
+PIPELINE_SCREENSHOT = ROOT / "artifacts" / "dashboard-pipeline.png"
+FEEDS = 4  # of the demo's sample footage (640x272): enough tiles, and room on two CPU cores
+
+
+def pipeline_config(path: Path) -> Path:
+    """Analytics config for the demo's cameras: a line across the picture and a pavement zone."""
+    cams = [{"id": f"cam{i}", "url": "demo", "lines": [{"name": "crossing", "a": [320, 0], "b": [320, 272]}],
+             "zones": [{"name": "pavement", "polygon": [[0, 170], [640, 170], [640, 272], [0, 272]]}]}
+            for i in range(FEEDS)]
+    path.write_text(yaml.safe_dump({"redis_url": REDIS_URL, "cameras": cams}))
+    return path
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the demo stops its children on SIGTERM
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_dashboard_on_the_real_pipeline(tmp_path):
+    r = redis_client()
+    with isolated_prefix(r) as prefix:
+        env = {**os.environ, "SPLIT_INFER_PREFIX": prefix, "OMP_NUM_THREADS": "1"}
+        py = [sys.executable, "-m", "split_infer"]
+        logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("demo", "analytics")}
+        procs = [
+            subprocess.Popen(py + ["demo", "--redis-url", REDIS_URL, "--feeds", str(FEEDS), "--no-live",
+                                   "--workdir", str(tmp_path / "demo")],
+                             cwd=ROOT, env=env, stdout=logs["demo"], stderr=subprocess.STDOUT, start_new_session=True),
+            subprocess.Popen(py + ["analytics", "--config", str(pipeline_config(tmp_path / "cloud.yaml"))],
+                             cwd=ROOT, env=env, stdout=logs["analytics"], stderr=subprocess.STDOUT,
+                             start_new_session=True),
+        ]
+
+        def alive() -> None:
+            for name, proc in zip(logs, procs):
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode}:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}")
+
+        try:
+            with api_server(prefix) as base, playwright() as p:
+                browser, page = open_page(p, base)
+                deadline = time.monotonic() + 240  # the demo loads the model and warms up first
+                while page.locator(".tile[data-state=online]").count() < FEEDS:
+                    alive()
+                    assert time.monotonic() < deadline, "the demo's cameras did not come online in 240 s"
+                    page.wait_for_timeout(1000)
+                # Real detections on every tile (boxes drawn, classes in view), at some moment.
+                seen: set[str] = set()
+                deadline = time.monotonic() + 90
+                while len(seen) < FEEDS:
+                    alive()
+                    assert time.monotonic() < deadline, f"detections shown only on {sorted(seen)} in 90 s"
+                    for tile in page.locator(".tile[data-state=online]").all():
+                        if tile.locator(".in-view .chip").count() and tile.evaluate(COUNT_BOX_PIXELS)["box"] > 50:
+                            seen.add(tile.get_attribute("data-camera"))
+                    page.wait_for_timeout(500)
+                # The analytics' counts reach the page and change while we watch.
+                page.wait_for_function("document.querySelectorAll('.line-row').length >= 1", timeout=60000)
+                before = page.evaluate(LINE_TOTAL)
+                page.wait_for_function(f"({LINE_TOTAL})() > {before}", timeout=120000)
+                page.wait_for_timeout(2000)
+                PIPELINE_SCREENSHOT.parent.mkdir(exist_ok=True)
+                page.screenshot(path=str(PIPELINE_SCREENSHOT), full_page=True)
+                check_clean(page)
+                browser.close()
+        finally:
+            for proc in procs:
+                stop(proc)
+            for f in logs.values():
+                f.close()
