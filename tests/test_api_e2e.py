@@ -128,6 +128,13 @@ def test_a_malformed_record_is_skipped_and_counted_not_a_500(r, api):
     r.xadd(keys.events_stream(cam), {"camera": cam, "ts": "x"})  # no type
     ev = api.get(f"/api/cameras/{cam}/events").json()
     assert ev == {"events": [], "skipped": 1}
+    # A counts hash with unreadable values and unknown fields: those are left out, the rest shown.
+    r.hset(keys.counts_key(cam), mapping={"line:road:in:car": "3", "line:road:out:car": "many",
+                                          "per_minute_history": "{broken", "future:field": "1",
+                                          "congestion": "heavy"})
+    counts = api.get(f"/api/cameras/{cam}/counts").json()
+    assert counts["lines"] == [{"name": "road", "in": {"car": 3}, "out": {}}]
+    assert counts["per_minute_history"] == [] and counts["congestion"] == "heavy"
 
 
 def test_a_foreign_key_under_our_prefix_is_a_clear_error(r, api):

@@ -39,6 +39,7 @@ from split_infer.api.models import (
     ErrorBody,
     EventList,
     Health,
+    InvalidBody,
     UnixTime,
 )
 
@@ -49,7 +50,7 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="most items returned")]
 # Every data endpoint may answer these; declared so the schema (and schemathesis) knows them.
 ERRORS = {
     404: {"model": ErrorBody, "description": "unknown camera, or nothing recorded yet"},
-    422: {"description": "invalid parameter (camera id pattern, time range, limit)"},
+    422: {"model": InvalidBody, "description": "invalid parameter (camera id pattern, time range, limit)"},
     503: {"model": ErrorBody, "description": "Redis is unreachable; retry later"},
 }
 
@@ -245,7 +246,9 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     # ------------------------------------------------------------------ live
 
     @app.get("/api/live", response_class=EventSourceResponse, tags=["live"],
-             responses={503: ERRORS[503], 422: ERRORS[422]})
+             responses={code: {"description": ERRORS[code]["description"],  # JSON, not an event stream
+                               "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{m}"}}}}
+                        for code, m in ((422, "InvalidBody"), (503, "ErrorBody"))})
     async def live_feed(
         r: Annotated[Redis, Depends(get_live_redis)],
         camera: Annotated[list[Annotated[str, StringConstraints(pattern=CAMERA_ID_PATTERN)]],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -146,3 +146,9 @@ class Health(Model):
 
 class ErrorBody(Model):
     detail: str
+
+
+class InvalidBody(Model):
+    """422: our own message (e.g. a reversed range), or FastAPI's list of invalid parameters."""
+
+    detail: str | list[dict[str, Any]]
