@@ -92,6 +92,7 @@ class EdgeConfig(Strict):
     buffer_frames: int = Field(default=64, ge=1)  # frames kept while the cloud is unreachable
     inflight_frames: int = Field(default=16, ge=1)  # gRPC window
     infer_requests: int = Field(default=2, ge=1)  # OpenVINO async requests in flight across cameras
+    threads: int | None = Field(default=None, ge=1)  # OpenVINO CPU threads for the edge; None: all cores
     metrics_port: int | None = None  # serve Prometheus /metrics here; None = off
     metrics_addr: str = "127.0.0.1"
     cameras: list[CameraConfig] = Field(default_factory=list)

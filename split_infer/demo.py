@@ -256,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         model = {"name": args.model, "cut": args.cut, "imgsz": list(imgsz)}
         cloud = {"redis_url": redis_url, "listen": f"127.0.0.1:{port}", "model": model, "latency_slo_ms": args.slo_ms,
                  "cameras": cams}
+        # threads=1: the edge shares the machine with the worker; two processes that each spread
+        # OpenVINO over every core slow each other down (benchmarks/pipeline.py measures it).
         edge = {"cloud": f"127.0.0.1:{port}", "model": model, "model_dir": str(model_dir), "codec": args.codec,
-                "cameras": cams}
+                "cameras": cams, "threads": 1}
         (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
         (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
         py = [sys.executable, "-m", "split_infer"]

@@ -88,7 +88,8 @@ def load_extractor(cfg: EdgeConfig):
         raise SystemExit(
             f"edge: no exported edge model in {model_dir}; create it (on a machine with the cloud extra) with\n"
             f"  split-infer export --model {cfg.model.name} --cut {cfg.model.cut} --imgsz {w}x{h} --out {model_dir}")
-    return EdgeExtractor(model_dir, cfg.device)
+    config = {"INFERENCE_NUM_THREADS": cfg.threads} if cfg.threads else None
+    return EdgeExtractor(model_dir, cfg.device, config=config)
 
 
 class EdgeNode:
