@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from api_feeder import Feeder, thumbnail, video_frames
-from api_support import REDIS_URL, api_server, free_port, isolated_prefix, redis_client
+from api_support import api_server, free_port, isolated_prefix, redis_client
 from split_infer import keys
 
 

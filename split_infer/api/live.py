@@ -32,7 +32,7 @@ async def _tail_ids(r: Redis, stream_keys: list[str]) -> dict[str, str]:
         for k in stream_keys:
             p.xrevrange(k, count=1)
         tails = await p.execute()
-    return {k: (store._s(t[0][0]) if t else "0-0") for k, t in zip(stream_keys, tails)}
+    return {k: (store.as_str(t[0][0]) if t else "0-0") for k, t in zip(stream_keys, tails)}
 
 
 async def feed(r: Redis, stale_after_s: float, cameras: list[str] | None) -> AsyncIterator[ServerSentEvent]:
@@ -75,10 +75,10 @@ async def feed(r: Redis, stale_after_s: float, cameras: list[str] | None) -> Asy
             block_ms = max(1, int((next_poll - time.monotonic()) * 1000))
             replies = await r.xread(positions, count=100, block=block_ms)
             for stream, entries in replies or []:
-                k = store._s(stream)
+                k = store.as_str(stream)
                 what, cam = kind[k]
                 for entry_id, fields in entries:
-                    positions[k] = store._s(entry_id)
+                    positions[k] = store.as_str(entry_id)
                     item = (store.parse_record if what == "detections" else store.parse_event)(cam, entry_id, fields)
                     if item is not None:
                         yield ServerSentEvent(event=what, id=positions[k], raw_data=item.model_dump_json())

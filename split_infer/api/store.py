@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import time
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -35,7 +34,8 @@ class NotFound(LookupError):
     """A camera or an item the caller asked for does not exist (the API answers 404)."""
 
 
-def _s(v: bytes | str | None) -> str | None:
+def as_str(v: bytes | str | None) -> str | None:
+    """A Redis reply (bytes) as text."""
     if v is None:
         return None
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
@@ -43,7 +43,7 @@ def _s(v: bytes | str | None) -> str | None:
 
 def _float(v: bytes | str | None) -> float | None:
     try:
-        f = float(_s(v))  # type: ignore[arg-type]
+        f = float(as_str(v))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
@@ -61,14 +61,14 @@ def ms_id(ts: float) -> int:
 
 def id_ts(entry_id: bytes | str) -> float:
     """The write time (unix seconds) that a Redis stream id carries."""
-    return int(_s(entry_id).split("-")[0]) / 1000.0  # type: ignore[union-attr]
+    return int(as_str(entry_id).split("-")[0]) / 1000.0  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------- cameras
 
 
 async def camera_ids(r: Redis) -> list[str]:
-    return sorted(_s(m) for m in await r.smembers(keys.CAMERAS_SET))  # type: ignore[misc]
+    return sorted(as_str(m) for m in await r.smembers(keys.CAMERAS_SET))  # type: ignore[misc]
 
 
 async def require_camera(r: Redis, camera: str) -> None:
@@ -83,10 +83,10 @@ def parse_state(camera: str, h: Fields, latest: DetectionRecord | None, now: flo
     `online` also needs a recent frame: a camera whose ingest died (and so never wrote
     "offline") still shows as offline once its frames stop.
     """
-    g = {_s(k): v for k, v in h.items()}
+    g = {as_str(k): v for k, v in h.items()}
     seen = _float(g.get("last_seen_ts"))
     age = max(0.0, now - seen) if seen is not None else None
-    flagged_up = _s(g.get("online")) == "1"
+    flagged_up = as_str(g.get("online")) == "1"
     online = flagged_up and age is not None and age <= stale_after_s
     idle = 0.0 if seen is not None else None  # rates of a camera that stopped are 0, not stale
     return CameraState(
@@ -102,8 +102,8 @@ def parse_state(camera: str, h: Fields, latest: DetectionRecord | None, now: flo
         bytes_total=_int(g.get("bytes")),
         rejected_total=_int(g.get("rejected")),
         dropped_edge_total=_int(g.get("dropped_edge")),
-        session=_s(g.get("session")) or None,
-        peer=_s(g.get("peer")) or None,
+        session=as_str(g.get("session")) or None,
+        peer=as_str(g.get("peer")) or None,
     )
 
 
@@ -128,21 +128,21 @@ async def camera_states(r: Redis, stale_after_s: float, only: list[str] | None =
 
 def parse_record(camera: str, entry_id: bytes | str, f: Fields) -> DetectionRecord | None:
     """A detections-stream entry -> DetectionRecord, or None when it is malformed."""
-    g = {_s(k): v for k, v in f.items()}
+    g = {as_str(k): v for k, v in f.items()}
     try:
-        raw = json.loads(_s(g.get("detections")) or "[]")
+        raw = json.loads(as_str(g.get("detections")) or "[]")
         dets = [Detection.model_validate(d) for d in raw]
         capture, done = _float(g["capture_ts"]), _float(g["done_ts"])
         seq, width, height = _int(g["seq"]), _int(g["width"]), _int(g["height"])
         if None in (capture, done, seq, width, height):
             raise ValueError("non-numeric capture_ts/done_ts/seq/width/height")
         return DetectionRecord(
-            id=_s(entry_id), camera=_s(g.get("camera")) or camera, seq=seq, capture_ts=capture,
+            id=as_str(entry_id), camera=as_str(g.get("camera")) or camera, seq=seq, capture_ts=capture,
             done_ts=done, latency_s=max(0.0, done - capture), width=width, height=height,
             detections=dets,
         )
     except (KeyError, ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
-        log.warning("skipping malformed detection record %s of %s: %s", _s(entry_id), camera, e)
+        log.warning("skipping malformed detection record %s of %s: %s", as_str(entry_id), camera, e)
         return None
 
 
@@ -173,18 +173,18 @@ async def detection_history(r: Redis, camera: str, start: float, end: float,
 
 def parse_event(camera: str, entry_id: bytes | str, f: Fields) -> Event | None:
     """An events-stream entry (docs/analytics.md) -> Event, or None when it is malformed."""
-    g = {_s(k): _s(v) for k, v in f.items()}
+    g = {as_str(k): as_str(v) for k, v in f.items()}
     try:
         ts = _float(g.get("ts"))
         return Event(
-            id=_s(entry_id), camera=g.get("camera") or camera, type=g["type"],
+            id=as_str(entry_id), camera=g.get("camera") or camera, type=g["type"],
             ts=id_ts(entry_id) if ts is None else ts, seq=_int(g.get("seq")),
             track_id=_int(g.get("track_id")), class_name=g.get("class_name"), line=g.get("line"),
             direction=g.get("direction"), zone=g.get("zone"), dwell_s=_float(g.get("dwell_s")),
             reason=g.get("reason"),
         )
     except (KeyError, ValueError, TypeError) as e:
-        log.warning("skipping malformed event %s of %s: %s", _s(entry_id), camera, e)
+        log.warning("skipping malformed event %s of %s: %s", as_str(entry_id), camera, e)
         return None
 
 
@@ -220,7 +220,7 @@ def parse_counts(camera: str, h: Fields) -> CameraCounts:
 
     Unknown or unreadable fields are left out, so a newer analytics cannot break the API.
     """
-    g = {_s(k) or "": _s(v) or "" for k, v in h.items()}
+    g = {as_str(k) or "": as_str(v) or "" for k, v in h.items()}
     lines: dict[str, LineCounts] = {}
     zones: dict[str, ZoneCounts] = {}
     per_class: dict[str, dict[str, int]] = {"per_minute": {}, "tracks": {}}
@@ -268,8 +268,3 @@ async def snapshot(r: Redis, camera: str) -> bytes:
     if not jpeg:
         raise NotFound(f"camera {camera!r} has sent no snapshot yet")
     return jpeg
-
-
-def jsonable(x: Any) -> Any:
-    """Pydantic model -> JSON-ready dict with the field aliases the schema shows."""
-    return x.model_dump(by_alias=True, mode="json")
