@@ -268,8 +268,9 @@ def run_video(args, model: Model, video: str, workdir: Path) -> dict:
             overlap = max(0, min(hi, args.start + len(frames)) - max(lo, args.start))
         trained.append({"model": path, "trained_on": train, "overlap_with_eval_frames": overlap})
         for s in LEARNED_SETTINGS:
-            rows += codec_rows(model, feats, ref, f"learned:{path}", s, curve="codec (learned)",
-                               trained_on=train, overlap_with_eval_frames=overlap)
+            rows += codec_rows(model, feats, ref, f"learned:{path}", s,
+                               curve=f"codec (learned, {Path(path).stem})", trained_on=train,
+                               overlap_with_eval_frames=overlap)
     res["learned_models"] = trained
     for prev in args.merge:  # rows measured by an earlier run on the very same frames and reference
         for v in json.loads(Path(prev).read_text())["videos"]:
