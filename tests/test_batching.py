@@ -93,6 +93,13 @@ def test_profile_takes_the_median_after_warmup_with_a_fake_clock():
     m = CostModel.profile(run, sizes=(1, 2), warmup=1, repeats=3, timer=lambda: clock["t"])
     assert calls == [1, 1, 1, 1, 2, 2, 2, 2]
     assert m.known() == pytest.approx({1: 5.0, 2: 11.0})  # medians: the 100 ms outlier is ignored
+    assert m.meta["min_ms"] == {"1": 4.0, "2": 10.0}
+    durations = iter([None, 0.004, 0.100, 0.005])
+    clock["t"] = 0.0
+    low = CostModel.profile(run, sizes=(1,), warmup=1, repeats=3, timer=lambda: clock["t"], statistic="min")
+    assert low.known() == pytest.approx({1: 4.0}) and low.meta["statistic"] == "min"
+    with pytest.raises(ValueError, match="statistic"):
+        CostModel.profile(run, sizes=(1,), statistic="mean")
 
 
 # -- policy semantics -------------------------------------------------------------------------

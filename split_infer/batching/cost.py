@@ -104,15 +104,22 @@ class CostModel:
         device: str = "unknown",
         timer: Callable[[], float] = time.perf_counter,
         sync: Callable[[], object] | None = None,
+        statistic: str = "median",
     ) -> CostModel:
-        """Time `run_batch(b)` for each size: `warmup` untimed calls, then the median of `repeats`.
+        """Time `run_batch(b)` for each size: `warmup` untimed calls, then `repeats` timed ones.
 
+        The cost is their median (what a worker sees), or with statistic="min" their minimum (the
+        uncontended cost, on a machine shared with other work); the file records both.
         `sync` (e.g. torch.cuda.synchronize) is called before reading the clock so asynchronous
         devices are timed to completion.
         """
         if repeats < 1:
             raise ValueError("repeats must be >= 1")
+        if statistic not in ("median", "min"):
+            raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
         out: dict[int, float] = {}
+        medians: dict[str, float] = {}
+        minima: dict[str, float] = {}
         for b in sizes:
             for _ in range(warmup):
                 run_batch(b)
@@ -125,8 +132,10 @@ class CostModel:
                 if sync:
                     sync()
                 samples.append((timer() - t0) * 1000.0)
-            out[int(b)] = statistics.median(samples)
-        return cls(out, device=device, meta={"warmup": warmup, "repeats": repeats, "statistic": "median"})
+            medians[str(b)], minima[str(b)] = round(statistics.median(samples), 4), round(min(samples), 4)
+            out[int(b)] = statistics.median(samples) if statistic == "median" else min(samples)
+        return cls(out, device=device, meta={"warmup": warmup, "repeats": repeats, "statistic": statistic,
+                                             "median_ms": medians, "min_ms": minima})
 
     # -- files ----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -312,9 +312,11 @@ class AdaptiveBatcher(_Base):
     """Batches as far as the latency objective allows, no further; see docs/batching.md.
 
     At each call (the worker is idle), with deadlines d = capture_ts + slo:
-    1. A frame that cannot meet its deadline even if run alone right now (now + c(1) > d, on the
-       expected cost) is shed with reason "deadline" (overload="shed") or kept for after the
-       on-time frames ("late").
+    1. A frame that cannot meet its deadline even if run alone right now, even a little faster
+       than expected (now + c(1) x (1 - 3 dev) > d, dev: the model's recent relative error), is
+       shed with reason "deadline" (overload="shed") or kept for after the on-time frames
+       ("late"). A frame that misses on the expected cost but not on a fast run is marginal: it
+       runs only when no on-time frame waits, else it waits (and is shed once certain to miss).
     2. The live frames are ordered round-robin across cameras, oldest first, a camera served far
        beyond its share of late last (fair_order).
     3. Candidate caps b: 1, and the cost model's sizes and the queue length up to max_batch whose
@@ -353,6 +355,7 @@ class AdaptiveBatcher(_Base):
         self.name = "adaptive"
         self.rate_fps = 0.0  # arrival-rate estimate (EWMA)
         self.transit_s = 0.0  # EWMA of arrival - capture (edge + network), for expected arrivals
+        self.cost_dev = 0.05  # EWMA of |measured - predicted| / predicted batch time
         self.choice = 0  # the cap b last chosen
         self._rate_t: float | None = None
         self._rate_n = 0
@@ -378,6 +381,8 @@ class AdaptiveBatcher(_Base):
         return self.cost.ms(b) * self.margin / 1000.0
 
     def on_batch_done(self, batch_size: int, service_ms: float, now: float) -> None:
+        pred = self.cost.ms(batch_size)
+        self.cost_dev += 0.1 * (min(1.0, abs(service_ms - pred) / pred) - self.cost_dev)
         self.cost.observe(batch_size, service_ms)
 
     def _note_taken(self, frames: Sequence[Frame], now: float) -> None:
@@ -431,14 +436,20 @@ class AdaptiveBatcher(_Base):
         self._update_rate(queue, now)
         shed: list[tuple[Frame, str]] = []
         slo = self.slo_s
-        # shed on the expected cost (no margin): a frame shed is a certain miss
-        dead, live = _split_timed_out(queue, now + self.cost.ms(1) / 1000.0 - slo, "capture_ts")
+        # A frame is dead when even a fast run alone (3 deviations under the expected cost) ends
+        # after its deadline: a shed frame is a certain miss. One that the expected cost misses
+        # but a fast run would not is marginal: it runs only when nothing on time waits.
+        c1 = self.cost.ms(1) / 1000.0
+        dead, live = _split_timed_out(queue, now + c1 * (1.0 - min(0.5, 3 * self.cost_dev)) - slo, "capture_ts")
+        marginal, live = _split_timed_out(QueueView(live), now + c1 - slo, "capture_ts")
         if dead and self.overload == "shed":
             shed = [(f, SHED_DEADLINE) for f in dead]
             dead = []
         horizon = max(self.max_batch * 16, 64)  # frames beyond this cannot be reached within one objective
         order = fair_order(live, horizon, self.served)
         if not order:
+            if marginal:  # the one with the most slack has the best chance
+                return Decision(take=[max(marginal, key=lambda f: f.capture_ts)], shed=shed)
             if dead:  # overload="late": frames past their objective, after everything on time
                 dead.sort(key=lambda f: f.capture_ts)
                 return Decision(take=dead[: self.max_batch], shed=shed)

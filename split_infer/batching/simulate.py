@@ -78,9 +78,14 @@ class SimResult:
 
 def simulate(trace: Trace, policy: BatchPolicy, service_ms: Callable[[int], float], slo_ms: float,
              noise: float = 0.0, seed: int = 0) -> SimResult:
-    """Replay `trace` through `policy`; a batch of b runs service_ms(b) x lognormal(noise) ms."""
+    """Replay `trace` through `policy`; a batch of b runs service_ms(b) x lognormal(noise) ms.
+
+    The noise factor is drawn per frame up front and a batch takes its first frame's: every
+    policy replaying the same trace and seed sees the same luck for the same frame (common
+    random numbers), so differences between policies are the policies', not the dice's."""
     rng = np.random.default_rng(seed)
     n = len(trace)
+    luck = rng.lognormal(0.0, noise, size=n) if noise else np.ones(n)
     frames = [Frame(c, cap, arr, i) for i, (c, cap, arr) in
               enumerate(zip(trace.camera.tolist(), trace.capture_ts.tolist(), trace.arrival_ts.tolist()))]
     queues: dict[str, deque[Frame]] = {c: deque() for c in trace.cameras}
@@ -120,7 +125,7 @@ def simulate(trace: Trace, policy: BatchPolicy, service_ms: Callable[[int], floa
             for f in d.take:
                 remove(f)
             b = len(d.take)
-            ms = service_ms(b) * (float(rng.lognormal(0.0, noise)) if noise else 1.0)
+            ms = service_ms(b) * float(luck[d.take[0].key])
             t_done = t + ms / 1000.0
             for f in d.take:
                 completion[f.key] = t_done
