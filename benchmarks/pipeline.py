@@ -47,6 +47,15 @@ def summary(xs: list[float]) -> dict:
     return {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "mean_ms": round(statistics.fmean(xs), 3) if xs else None}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (a zombie keeps its figures until it is reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def baseline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_runtime: str) -> dict:
     import cv2
 
@@ -57,7 +66,7 @@ def baseline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
     ok, frame = cap.read()
     det(frame)
     cap.release()
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     for _ in range(cameras):
         cap = cv2.VideoCapture(str(video))
         for _ in range(frames):
@@ -67,8 +76,8 @@ def baseline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
             det(frame)
             n += 1
         cap.release()
-    secs = time.perf_counter() - t0
-    return {"frames": n, "seconds": round(secs, 3), "fps": round(n / secs, 3),
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"frames": n, "seconds": round(secs, 3), "fps": round(n / secs, 3), "cpu_ms_per_frame": round(cpu * 1000 / n, 2),
             "bytes_per_frame": round(statistics.fmean(det.bytes_sent[1:]), 1)}
 
 
@@ -103,6 +112,7 @@ def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
             wait_log(children, f"worker{w}", " up: redis", 300)
         total = frames * cameras
         stats_path = workdir / "edge-stats.json"
+        cpu0 = {name: cpu_seconds(p.pid) for name, p in children.procs.items()}
         children.spawn("edge", py + ["edge", "--config", str(workdir / "edge.yaml"), "--frames", str(total),
                                      "--stats-json", str(stats_path)], env)
         ids = [c["id"] for c in cams]
@@ -121,8 +131,10 @@ def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
             time.sleep(0.5)
         else:
             raise DemoError("the pipeline did not finish within 30 minutes")
+        cpu = {name: round(cpu_seconds(p.pid) - cpu0[name], 2) for name, p in children.procs.items() if name != "edge"}
         children.terminate("edge", 60)
         es = json.loads(stats_path.read_text())
+        cpu["edge"] = es["cpu_s"]  # its own process time since it started running (model load excluded)
         recs = []
         for c in ids:
             for _, f in r.xrange(f"si:detections:{c}"):
@@ -159,6 +171,8 @@ def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
         "bytes_per_frame": round(bpf, 1), "bytes_per_camera_second": round(bpf * fps / cameras, 1),
         "stages": {k: summary(v) for k, v in st.items()},
         "mean_batch": round(statistics.fmean(batches), 2),
+        "cpu_seconds": cpu,  # per process while the edge ran
+        "cpu_ms_per_frame": {k: round(v * 1000 / len(recs), 2) for k, v in cpu.items() if v is not None},
         "edge": {k: sum(c[k] for c in es["cameras"].values())
                  for k in ("extracted", "acked", "rejected", "dropped_buffer", "dropped_superseded")},
     }
@@ -216,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         "edge_threads": args.edge_threads, "video": args.video.name,
         "pipeline_fps": pipe["fps"], "baseline_fps": base["fps"] if base else None,
         "ratio": round(pipe["fps"] / base["fps"], 3) if base else None,
+        # CPU time per frame, all processes together vs the baseline's: robust to a busy machine,
+        # where the wall-clock ratio depends on the share of the cores each run happened to get.
+        "cpu_ms_per_frame": round(sum(pipe["cpu_ms_per_frame"].values()), 2),
+        "baseline_cpu_ms_per_frame": round(statistics.fmean(r["cpu_ms_per_frame"] for r in base["runs"]), 2) if base else None,
+        "cpu_ratio": round(statistics.fmean(r["cpu_ms_per_frame"] for r in base["runs"])
+                           / sum(pipe["cpu_ms_per_frame"].values()), 3) if base else None,
         "stages": pipe["stages"], "bytes_per_frame": pipe["bytes_per_frame"],
         "bytes_per_camera_second": pipe["bytes_per_camera_second"], "pipeline": pipe, "baseline": base,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -119,6 +119,7 @@ class EdgeNode:
         self._connected = False
         self._reconnects = 0
         self._started = time.time()
+        self._cpu0 = time.process_time()  # reset when run() starts: the figure excludes the model load
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._closing = False  # no new frames; drain what is buffered
@@ -386,7 +387,8 @@ class EdgeNode:
                 "cloud": self.cfg.cloud, "last_connection_error": self._last_conn_error,
                 "reconnects": self._reconnects, "buffered": len(self.outbox), "inflight": len(self.outbox.inflight),
                 "undelivered": len(self.outbox) + len(self.outbox.inflight),
-                "uptime_s": round(time.time() - self._started, 3), "frames_taken": self._taken, "cameras": cams}
+                "uptime_s": round(time.time() - self._started, 3), "cpu_s": round(time.process_time() - self._cpu0, 3),
+                "frames_taken": self._taken, "cameras": cams}
 
     def _write_stats(self) -> None:
         if self.stats_path is None:
@@ -405,6 +407,7 @@ class EdgeNode:
         """Run until `stop`, `duration_s`, `max_frames`, or every source ended; then drain and return stats."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._cpu0 = time.process_time()
         queue = self.extractor.async_queue(self.cfg.infer_requests, self._on_features)
         for cap in self.captures.values():
             cap.start()
