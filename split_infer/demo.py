@@ -39,6 +39,10 @@ class DemoError(RuntimeError):
     pass
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM before the pipeline was running."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,9 +125,11 @@ def start_redis(children: Children, workdir: Path) -> str:
     raise DemoError("redis-server did not answer within 15 s")
 
 
-def wait_log(children: Children, name: str, text: str, timeout: float) -> None:
+def wait_log(children: Children, name: str, text: str, timeout: float, stopped=lambda: False) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopped():
+            raise Interrupted
         if text in children.log_tail(name, 20000):
             return
         if name in children.dead():
@@ -267,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         children.spawn("ingest", py + ["cloud", "ingest", "--config", str(workdir / "cloud.yaml")], env)
         children.spawn("worker", py + ["cloud", "worker", "--config", str(workdir / "cloud.yaml"), "--name", "demo-w1"], env)
         with console.status("starting ingest and worker (model load, head profiling)..."):
-            wait_log(children, "ingest", "ingest listening", 180)
-            wait_log(children, "worker", " up: redis", 180)
+            wait_log(children, "ingest", "ingest listening", 180, lambda: stop["signal"] is not None)
+            wait_log(children, "worker", " up: redis", 180, lambda: stop["signal"] is not None)
         edge_cmd = py + ["edge", "--config", str(workdir / "edge.yaml"), "--stats-json", str(workdir / "edge-stats.json")]
         if args.frames:
             edge_cmd += ["--frames", str(args.frames)]
@@ -335,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
                                             / max(1, acked)), "source": origin}
         console.print_json(json.dumps(summary))
         return 0
+    except Interrupted:
+        console.print("split-infer demo: interrupted during start-up; stopping")
+        return 130
     except DemoError as e:
         console.print(f"[red]split-infer demo: {e}[/]")
         return 1

@@ -89,6 +89,24 @@ def test_sigterm_stops_the_demo_cleanly(tmp_path):
     assert not leftovers(str(work)), leftovers(str(work))
 
 
+def test_sigterm_during_start_up_stops_at_once(tmp_path):
+    work = tmp_path / "demo-early"
+    p = demo(work)
+    try:
+        deadline = time.monotonic() + 120
+        while not (work / "worker.log").exists():  # the services are starting
+            assert time.monotonic() < deadline and p.poll() is None, "the demo did not start its services"
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=40)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130 and "interrupted during start-up" in out, out[-3000:]
+    time.sleep(0.5)
+    assert not leftovers(str(work)), leftovers(str(work))
+
+
 def test_missing_redis_server_is_a_clear_error(tmp_path):
     env = dict(os.environ, PATH="/nonexistent")  # no redis-server on PATH
     out = subprocess.run(
