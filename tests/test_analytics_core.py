@@ -226,3 +226,26 @@ def test_a_queue_that_stops_reads_as_jammed_and_parked_cars_do_not():
         dets = parked + [("car", 0.9, moving_box(x - 120 + 3 * step, y, 40, 30)) for x, y in lanes]
         ca.process(frame(i, dets))
     assert ca.agg.vehicles == 12 and ca.agg.level == "jammed"
+
+
+def test_checkpoint_round_trips_and_a_hostile_one_runs_nothing(tmp_path):
+    import os
+    import pickle
+
+    from split_infer.analytics.service import load_checkpoint
+
+    cam = CameraAnalytics(CameraConfig(id="c", url="x", lines=[{"name": "l", "a": (10, 0), "b": (10, 100)}]))
+    for seq, x in enumerate((0.0, 5.0, 12.0, 20.0, 28.0)):
+        cam.process(DetectionFrame("c", seq, seq / 10, 100, 100, (Detection("car", 0.9, (x, 40, x + 8, 48)),)))
+    restored = load_checkpoint(pickle.dumps({"version": 1, "analytics": cam}))["analytics"]
+    assert restored.lines["l"].counts == cam.lines["l"].counts and restored.last_seq == cam.last_seq
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(pickle.UnpicklingError, match="may not contain"):
+        load_checkpoint(pickle.dumps({"version": 1, "analytics": Evil()}))
+    assert not marker.exists()

@@ -10,6 +10,7 @@ counting twice (docs/analytics.md, "Restart and scaling").
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import pickle
@@ -28,6 +29,32 @@ from split_infer.analytics.camera import CameraAnalytics
 from split_infer.analytics.events import Event
 from split_infer.analytics.records import DetectionFrame, RecordError, parse_record
 from split_infer.config import CameraConfig, CloudConfig, load_yaml
+
+
+class _CheckpointUnpickler(pickle.Unpickler):
+    """Checkpoints live in Redis, which other programs can write: unpickle only the analytics'
+    own classes, the tracker's classes, numpy arrays and plain containers, never a function."""
+
+    NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
+             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+             ("numpy._core.numeric", "_frombuffer"), ("numpy.core.multiarray", "scalar"),
+             ("numpy._core.multiarray", "scalar")}
+    PLAIN = {("collections", "deque"), ("collections", "Counter"), ("collections", "OrderedDict"),
+             ("collections", "defaultdict"), ("builtins", "set"), ("builtins", "frozenset"),
+             ("builtins", "float"), ("builtins", "int"), ("copyreg", "_reconstructor"), ("builtins", "object")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.NUMPY or (module, name) in self.PLAIN:
+            return super().find_class(module, name)
+        if module.startswith(("split_infer.analytics.", "trackers.")):
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):
+                return obj
+        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which a checkpoint may not contain")
+
+
+def load_checkpoint(raw: bytes) -> dict:
+    return _CheckpointUnpickler(io.BytesIO(raw)).load()
 
 log = logging.getLogger("split_infer.analytics")
 
@@ -148,7 +175,7 @@ class AnalyticsService:
         raw = self.r.get(keys.analytics_state_key(cid))
         if raw:
             try:
-                state = pickle.loads(raw)
+                state = load_checkpoint(raw)
                 if state.get("version") == STATE_VERSION and isinstance(state.get("analytics"), CameraAnalytics):
                     analytics = state["analytics"]
                     analytics.apply_config(cam)
