@@ -234,11 +234,13 @@ def test_checkpoint_round_trips_and_a_hostile_one_runs_nothing(tmp_path):
 
     from split_infer.analytics.service import load_checkpoint
 
-    cam = CameraAnalytics(CameraConfig(id="c", url="x", lines=[{"name": "l", "a": (10, 0), "b": (10, 100)}]))
-    for seq, x in enumerate((0.0, 5.0, 12.0, 20.0, 28.0)):
+    cam = CameraAnalytics(CameraConfig(id="c", url="x", lines=[{"name": "l", "a": (50, 0), "b": (50, 100)}]))
+    for seq in range(30):  # a car driving right across the line
+        x = 5.0 + 3 * seq
         cam.process(DetectionFrame("c", seq, seq / 10, 100, 100, (Detection("car", 0.9, (x, 40, x + 8, 48)),)))
+    assert cam.lines["l"].counts["in"]["car"] == 1
     restored = load_checkpoint(pickle.dumps({"version": 1, "analytics": cam}))["analytics"]
-    assert restored.lines["l"].counts == cam.lines["l"].counts and restored.last_seq == cam.last_seq
+    assert restored.lines["l"].counts == cam.lines["l"].counts and restored.last_seq == 29
 
     marker = tmp_path / "pwned"
 
