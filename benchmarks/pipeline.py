@@ -5,8 +5,8 @@
 Baseline: `SplitDetector` (edge on OpenVINO -> codec -> head, one process) over the first N frames
 of the video, once per camera, decoding included; run before and after the pipeline, averaged. Pipeline: an embedded redis-server (or
 --redis-url), the ingest, `--workers` workers and one edge node with eight lossless file cameras
-(every frame processed, none skipped) taking the same N frames each (the edge on 1 OpenVINO thread by default: on one machine it shares the
-cores with the worker, and two processes that each spread over every core slow each other down).
+(every frame processed, none skipped) taking the same N frames each (the edge and the worker's head on 1 thread each by default: on one machine
+they share the cores, and two processes that each spread over every core slow each other down).
 Figures come from the
 detection records (timestamps and the edge's stage timings that travel with every frame) and the
 edge's own counters. Prints one JSON object; `ratio` = pipeline_fps / baseline_fps (target >= 0.9).
@@ -82,7 +82,8 @@ def baseline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
 
 
 def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_runtime: str, workers: int,
-             redis_url: str | None, workdir: Path, edge_threads: int | None = None) -> dict:
+             redis_url: str | None, workdir: Path, edge_threads: int | None = None,
+             head_threads: int | None = None) -> dict:
     import redis
 
     children = Children(workdir)
@@ -102,11 +103,13 @@ def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
         (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
         (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
         py = [sys.executable, "-m", "split_infer"]
-        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+               "SPLIT_INFER_HEAD_THREADS": str(head_threads or 0)}
+        head = ["--head", "split_infer.demo:single_thread_head"] if head_threads else []
         children.spawn("ingest", py + ["cloud", "ingest", "--config", str(workdir / "cloud.yaml")], env)
         for w in range(workers):
             children.spawn(f"worker{w}", py + ["cloud", "worker", "--config", str(workdir / "cloud.yaml"),
-                                               "--name", f"bench-w{w}"], env)
+                                               "--name", f"bench-w{w}", *head], env)
         wait_log(children, "ingest", "ingest listening", 300)
         for w in range(workers):
             wait_log(children, f"worker{w}", " up: redis", 300)
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--edge-threads", type=int, default=1,
                     help="OpenVINO threads of the edge node (default 1: it shares the machine with the worker; "
                          "0 = OpenVINO's default, all cores)")
+    ap.add_argument("--head-threads", type=int, default=1,
+                    help="CPU threads of the worker's head (default 1, same reason; 0 = the runtime's default)")
     ap.add_argument("--skip-baseline", action="store_true")
     args = ap.parse_args(argv)
     if not args.video.exists():
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         pipe = pipeline(args.video, args.frames, args.cameras, imgsz, args.codec, args.head_runtime, args.workers,
-                        args.redis_url, workdir, args.edge_threads or None)
+                        args.redis_url, workdir, args.edge_threads or None, args.head_threads or None)
     except DemoError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
@@ -227,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "pipeline", "cameras": args.cameras, "frames_per_camera": args.frames, "imgsz": list(imgsz),
         "codec": args.codec, "head_runtime": args.head_runtime, "workers": args.workers,
-        "edge_threads": args.edge_threads, "video": args.video.name,
+        "edge_threads": args.edge_threads, "head_threads": args.head_threads, "video": args.video.name,
         "pipeline_fps": pipe["fps"], "baseline_fps": base["fps"] if base else None,
         "ratio": round(pipe["fps"] / base["fps"], 3) if base else None,
         # CPU time per frame, all processes together vs the baseline's: robust to a busy machine,
