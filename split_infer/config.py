@@ -141,6 +141,9 @@ class WorkerSettings(Strict):
     profile_sizes: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
     overload: Literal["shed", "late"] = "shed"  # a frame that can no longer meet the objective
     prefetch: int = Field(default=0, ge=0)  # frames read ahead for the policy to see; 0: 2 x max_batch
+    # CPU threads for the head (torch and OpenVINO); None = the runtime's default (every core).
+    # On a machine shared with an edge node, 1 avoids two runtimes fighting over the same cores.
+    head_threads: int | None = Field(default=None, ge=1)
 
 
 class CloudConfig(Strict):

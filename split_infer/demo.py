@@ -151,36 +151,6 @@ def build_cameras(args: argparse.Namespace) -> tuple[list[dict], str]:
     return cams, origin
 
 
-def single_thread_head(cfg):
-    """Worker head factory (`split-infer cloud worker --head split_infer.demo:single_thread_head`):
-    the YOLO head with its runtime on SPLIT_INFER_HEAD_THREADS CPU threads (default 1).
-
-    On one machine the edge and the worker share the cores, and two OpenVINO processes that each
-    spread over every core slow each other down: on 2 cores the eight-camera benchmark went from
-    a pipeline/in-process ratio of 0.6-0.87 to 0.95-1.07 with one thread each.
-    TODO(lead): a `head_threads` setting in CloudConfig/Head would make this factory unnecessary.
-    """
-    import openvino as ov
-    import torch
-
-    from split_infer.cloud.worker import yolo_head
-
-    n = int(os.environ.get("SPLIT_INFER_HEAD_THREADS", "1"))
-    torch.set_num_threads(n)
-    original = ov.Core.compile_model
-
-    def compile_model(self, model, device_name=None, config=None, *args, **kwargs):
-        config = dict(config or {})
-        config.setdefault("INFERENCE_NUM_THREADS", n)
-        return original(self, model, device_name, config, *args, **kwargs)
-
-    ov.Core.compile_model = compile_model  # only while the head compiles
-    try:
-        return yolo_head(cfg)
-    finally:
-        ov.Core.compile_model = original
-
-
 # -- the live table ------------------------------------------------------------------------------
 class Board:
     """Per-camera figures from the detection streams, read incrementally (XRANGE after the last id)."""
@@ -290,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = args.redis_url or start_redis(children, workdir)
         port = free_port()
         model = {"name": args.model, "cut": args.cut, "imgsz": list(imgsz)}
+        # One thread each for the edge and the head: they share the machine, and two processes that
+        # each spread OpenVINO over every core slow each other down (benchmarks/pipeline.py measures it).
         cloud = {"redis_url": redis_url, "listen": f"127.0.0.1:{port}", "model": model, "latency_slo_ms": args.slo_ms,
-                 "cameras": cams}
-        # threads=1: the edge shares the machine with the worker; two processes that each spread
-        # OpenVINO over every core slow each other down (benchmarks/pipeline.py measures it).
+                 "cameras": cams, "worker": {"head_threads": 1}}
         edge = {"cloud": f"127.0.0.1:{port}", "model": model, "model_dir": str(model_dir), "codec": args.codec,
                 "cameras": cams, "threads": 1}
         (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
@@ -301,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         py = [sys.executable, "-m", "split_infer"]
         env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         children.spawn("ingest", py + ["cloud", "ingest", "--config", str(workdir / "cloud.yaml")], env)
-        children.spawn("worker", py + ["cloud", "worker", "--config", str(workdir / "cloud.yaml"), "--name", "demo-w1",
-                                       "--head", "split_infer.demo:single_thread_head"], env)
+        children.spawn("worker", py + ["cloud", "worker", "--config", str(workdir / "cloud.yaml"), "--name", "demo-w1"], env)
         with console.status("starting ingest and worker (model load, head profiling)..."):
             wait_log(children, "ingest", "ingest listening", 180, lambda: stop["signal"] is not None)
             wait_log(children, "worker", " up: redis", 180, lambda: stop["signal"] is not None)

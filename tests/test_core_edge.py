@@ -95,3 +95,17 @@ def test_detect_cli_on_a_missing_source_fails_clearly(tmp_path):
     result = subprocess.run([sys.executable, "-m", "split_infer", "detect", str(tmp_path / "nope.mp4")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "cannot open video or stream" in result.stderr
+
+
+def test_head_detects_from_openvino_features_and_honours_its_thread_setting(ir_dir):
+    import cv2
+
+    from split_infer.cloud.head import Head
+
+    extractor = EdgeExtractor(ir_dir, "CPU")
+    x, lb = extractor.preprocess(cv2.imread(str(bus_jpg())))
+    head = Head("yolov5s", 4, IMGSZ, runtime="openvino", threads=1)
+    assert head._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    dets = head.detect(extractor.infer(x), [lb])[0]
+    assert "bus" in [d["class_name"] for d in dets]
+    assert all(0 <= d["box"][0] <= d["box"][2] <= lb.src_w for d in dets)

@@ -20,7 +20,8 @@ RUNTIMES = ("auto", "torch", "openvino")
 
 class Head:
     def __init__(self, model: str = "yolov5s", cut: int = 4, imgsz: tuple[int, int] = (640, 384),
-                 runtime: str = "auto", conf: float = 0.25, iou: float = 0.45, precision: str | None = None):
+                 runtime: str = "auto", conf: float = 0.25, iou: float = 0.45, precision: str | None = None,
+                 threads: int | None = None):
         import torch
 
         from split_infer.models import load_model
@@ -37,7 +38,10 @@ class Head:
         if runtime == "auto":
             runtime = "torch" if torch.cuda.is_available() else "openvino"
         self.runtime = runtime
+        self.threads = threads  # CPU threads; None = the runtime's default (every core)
         if runtime == "torch":
+            if threads:
+                torch.set_num_threads(threads)  # process-wide: the head is the worker's only torch user
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
             self.cloud.to(self.device)
         else:
@@ -67,6 +71,8 @@ class Head:
         for port, name in zip(ov_model.inputs, names):
             port.get_tensor().set_names({name})
         props = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        if self.threads:
+            props["INFERENCE_NUM_THREADS"] = self.threads
         return ov.Core().compile_model(ov_model, "CPU", props)
 
     def raw(self, feats: dict[str, np.ndarray]) -> np.ndarray:

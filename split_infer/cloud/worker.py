@@ -409,14 +409,13 @@ class Worker:
 
 def yolo_head(cfg: CloudConfig) -> HeadFn:
     """The core's detection head for `cfg.model`, on `cfg.head_runtime` (auto: CUDA torch, else OpenVINO)."""
-    from split_infer.cloud.head import Head
     from split_infer.preprocess import Letterbox
 
     m = cfg.model
     if cfg.head_runtime == "auto":
         head = fastest_head(cfg)
     else:
-        head = Head(m.name, m.cut, tuple(m.imgsz), runtime=cfg.head_runtime, conf=m.conf, iou=m.iou)
+        head = make_head(cfg, cfg.head_runtime)
     log.info("head: %s cut %d imgsz %s on %s (%s)", m.name, m.cut, m.imgsz, head.runtime, head.device)
 
     def run(feats: dict[str, np.ndarray], sizes: list[tuple[int, int]]) -> list[list[dict]]:
@@ -426,6 +425,14 @@ def yolo_head(cfg: CloudConfig) -> HeadFn:
     return run
 
 
+def make_head(cfg: CloudConfig, runtime: str):
+    from split_infer.cloud.head import Head
+
+    m = cfg.model
+    return Head(m.name, m.cut, tuple(m.imgsz), runtime=runtime, conf=m.conf, iou=m.iou,
+                threads=cfg.worker.head_threads)
+
+
 def fastest_head(cfg: CloudConfig, repeats: int = 3):
     """auto: torch on a CUDA GPU; on a CPU whichever of torch and OpenVINO runs this head faster
     (median of `repeats` batch-1 runs after a warm-up); the slower one is discarded."""
@@ -433,14 +440,11 @@ def fastest_head(cfg: CloudConfig, repeats: int = 3):
 
     import torch
 
-    from split_infer.cloud.head import Head
-
-    m = cfg.model
     if torch.cuda.is_available():
-        return Head(m.name, m.cut, tuple(m.imgsz), runtime="torch", conf=m.conf, iou=m.iou)
+        return make_head(cfg, "torch")
     best, best_s, times = None, float("inf"), {}
     for rt in ("torch", "openvino"):
-        head = Head(m.name, m.cut, tuple(m.imgsz), runtime=rt, conf=m.conf, iou=m.iou)
+        head = make_head(cfg, rt)
         feats = {k: np.zeros((1, *v), np.float32) for k, v in feature_shapes(cfg).items()}
         head.raw(feats)  # warm-up
         samples = []
