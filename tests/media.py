@@ -69,7 +69,7 @@ class HttpFeed:
             cmd += ["-stream_loop", "-1"]
         cmd += ["-i", str(self.video), "-c", "copy", "-f", "mpegts", "-listen", "1", self.url]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # generous: ffmpeg starts slowly on a loaded 2-core machine
         while time.monotonic() < deadline:  # wait for ffmpeg to listen (probing the socket would
             time.sleep(0.1)  # consume its single client, so just give it a moment)
             if self.proc.poll() is not None:
