@@ -309,3 +309,33 @@ def test_the_ingest_command_serves_metrics_and_stops_cleanly(r, tmp_path):
     err = proc.stderr.read()
     assert "ingest listening" in err and "ingest stopped" in err
     assert r.hget(keys.camera_state("cam-a"), "online") == b"0"
+
+
+def test_learned_codec_frames_are_reconstructed_at_the_ingest_and_queued_for_any_worker(r, tmp_path):
+    import torch
+
+    from split_infer.codec.train import build, save
+
+    torch.manual_seed(0)
+    net = build(channels=6, hidden=16, dec_hidden=24, cin=16)  # a small learned bottleneck for x4 (16 ch)
+    models = tmp_path / "codec-models"
+    models.mkdir()
+    save(net, str(models / "m.npz"), {"cut": 4, "tensor": "x4", "trained_on": {"video": "synthetic", "frames": [0, 0]}})
+    enc = make_encoder(f"learned:{models / 'm.npz'}")
+    payloads = [enc.encode(features(i)) for i in range(3)]
+    # Without the models the ingest cannot decode learned frames: a clear rejection, nothing queued.
+    with IngestThread(cloud_cfg()) as ing:
+        with pytest.raises(grpc.RpcError) as err:
+            stub(ing.address).Send(frame("cam-a", 0, payload=payloads[0]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no learned_dir" in err.value.details()
+        assert queued(r, "cam-a") == []
+    with IngestThread(cloud_cfg(ingest={"codec_models": str(models)})) as ing:
+        s = stub(ing.address)
+        acks = [s.Send(frame("cam-b", i, payload=p)) for i, p in enumerate(payloads)]
+        assert all(a.status == pb.Ack.OK for a in acks), [a.error for a in acks]
+    edge_view = make_decoder(learned_dir=str(models))
+    for i, (_, fields) in enumerate(r.xrange(keys.frames_stream("cam-b"))):
+        want = edge_view.decode(payloads[i])["x4"]
+        got = make_decoder().decode(fields[b"payload"])["x4"]  # a worker without the models
+        assert got.shape == want.shape == SHAPES["x4"]
+        assert np.abs(got - want).max() <= (want.max() - want.min()) / 255 + 1e-5

@@ -168,16 +168,20 @@ class Ingest:
             raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong_cut",
                                 f"{f.camera_id}: features of cut {cut}, this cloud runs cut {self.cfg.model.cut}")
         self._check_shapes(st, f.camera_id, tensors)
-        if dec.last_frame is not None and dec.last_frame.key:
+        if dec.last_frame is not None and dec.last_frame.key and dec.last_frame.codec != "learned":
             return bytes(f.payload)  # already self-contained: queue the edge's bytes unchanged
         return make_encoder(self.s.queue_codec).encode(tensors)
 
     # -- queueing -----------------------------------------------------------------------------
 
+    def _new_decoder(self):
+        models = self.s.codec_models
+        return make_decoder(learned_dir=str(models) if models else None)
+
     def _state(self, cam: str) -> CameraState:
         st = self.cams.get(cam)
         if st is None:
-            st = self.cams[cam] = CameraState(decoder=make_decoder())
+            st = self.cams[cam] = CameraState(decoder=self._new_decoder())
         return st
 
     async def _redis(self, coro):
@@ -247,7 +251,7 @@ class Ingest:
         if f.session != st.session:
             if st.session is not None:
                 log.info("camera %s: new edge session %r (was %r), codec state reset", cam, f.session, st.session)
-            st.session, st.last_seq, st.staged, st.decoder = f.session, None, None, make_decoder()
+            st.session, st.last_seq, st.staged, st.decoder = f.session, None, None, self._new_decoder()
             st.queued_seqs, st.queued_order = set(), deque()
         if f.seq in st.queued_seqs:
             # A resend of something already queued (its ack was lost): acknowledge, queue nothing.

