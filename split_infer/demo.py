@@ -147,8 +147,31 @@ def build_cameras(args: argparse.Namespace) -> tuple[list[dict], str]:
     from split_infer.samples import demo_footage
 
     video, origin = demo_footage()
-    cams = [{"id": f"cam{i}", "url": str(video), "loop": True, "fps": args.fps} for i in range(args.feeds)]
+    line = middle_line(video)  # illustrative: a vertical counting line through the middle of the frame
+    cams = [{"id": f"cam{i}", "url": str(video), "loop": True, "fps": args.fps, "lines": [line]}
+            for i in range(args.feeds)]
     return cams, origin
+
+
+def middle_line(video: Path) -> dict:
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap.release()
+    if w <= 0 or h <= 0:
+        raise DemoError(f"cannot read the size of {video}")
+    return {"name": "middle", "a": [w / 2, 0], "b": [w / 2, h]}
+
+
+def port_or_free(port: int) -> int:
+    """`port` if nothing listens there, else a free one (the demo must not fail on a busy 8080)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
 
 
 # -- the live table ------------------------------------------------------------------------------
@@ -231,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-ms", type=float, default=1500.0, help="worker latency objective (older frames are shed)")
     ap.add_argument("--workdir", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
     ap.add_argument("--no-live", action="store_true", help="print the table once at the end only")
+    ap.add_argument("--api-port", type=int, default=8080, help="dashboard and read API port (a free one if busy)")
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -275,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("starting ingest and worker (model load, head profiling)..."):
             wait_log(children, "ingest", "ingest listening", 180, lambda: stop["signal"] is not None)
             wait_log(children, "worker", " up: redis", 180, lambda: stop["signal"] is not None)
+        api_port = port_or_free(args.api_port)
+        children.spawn("analytics", py + ["analytics", "--config", str(workdir / "cloud.yaml"), "--no-discover"], env)
+        children.spawn("api", py + ["api", "--redis-url", redis_url, "--listen", f"127.0.0.1:{api_port}"], env)
+        wait_log(children, "api", "dashboard at", 60, lambda: stop["signal"] is not None)
+        console.print(f"dashboard: [bold]http://127.0.0.1:{api_port}/[/]  (read API: /api/cameras, /openapi.json)")
+        summary["dashboard"] = f"http://127.0.0.1:{api_port}/"
         edge_cmd = py + ["edge", "--config", str(workdir / "edge.yaml"), "--stats-json", str(workdir / "edge-stats.json")]
         if args.frames:
             edge_cmd += ["--frames", str(args.frames)]
@@ -334,11 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
         console.print(render(rows, f"split-infer demo: final ({elapsed:.0f} s)"))
         recorded = sum(int(r.xlen(f"si:detections:{c}")) for c in ids)
-        summary = {"cameras": len(ids), "seconds": round(elapsed, 1), "frames_acked": acked, "detection_records": recorded,
+        summary.update({"cameras": len(ids), "seconds": round(elapsed, 1), "frames_acked": acked, "detection_records": recorded,
                    "cloud_dropped": int(r.xlen("si:dropped")) + int(r.xlen("si:deadletter")),
                    "fps": round(recorded / elapsed, 2) if elapsed else 0.0,
                    "bytes_per_frame": round(sum(c.get("payload_bytes", 0) for c in es.get("cameras", {}).values())
-                                            / max(1, acked)), "source": origin}
+                                            / max(1, acked)), "source": origin})
         console.print_json(json.dumps(summary))
         return 0
     except Interrupted:

@@ -22,10 +22,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from api_feeder import Feeder
-from api_support import REDIS_URL, ROOT, api_server, isolated_prefix, redis_client
+from api_support import REDIS_URL, ROOT, api_server, free_port, isolated_prefix, redis_client
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -149,15 +148,6 @@ PIPELINE_SCREENSHOT = ROOT / "artifacts" / "dashboard-pipeline.png"
 FEEDS = 4  # of the demo's sample footage (640x272): enough tiles, and room on two CPU cores
 
 
-def pipeline_config(path: Path) -> Path:
-    """Analytics config for the demo's cameras: a line across the picture and a pavement zone."""
-    cams = [{"id": f"cam{i}", "url": "demo", "lines": [{"name": "crossing", "a": [320, 0], "b": [320, 272]}],
-             "zones": [{"name": "pavement", "polygon": [[0, 170], [640, 170], [640, 272], [0, 272]]}]}
-            for i in range(FEEDS)]
-    path.write_text(yaml.safe_dump({"redis_url": REDIS_URL, "cameras": cams}))
-    return path
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # the demo stops its children on SIGTERM
@@ -169,29 +159,32 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def test_dashboard_on_the_real_pipeline(tmp_path):
+    # `split-infer demo` as a user runs it: edge node, ingest, worker, analytics (a counting line
+    # through the middle of each feed) and the API serving the dashboard, all its own processes.
     r = redis_client()
     with isolated_prefix(r) as prefix:
         env = {**os.environ, "SPLIT_INFER_PREFIX": prefix, "OMP_NUM_THREADS": "1"}
-        py = [sys.executable, "-m", "split_infer"]
-        logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("demo", "analytics")}
-        procs = [
-            subprocess.Popen(py + ["demo", "--redis-url", REDIS_URL, "--feeds", str(FEEDS), "--no-live",
-                                   "--workdir", str(tmp_path / "demo")],
-                             cwd=ROOT, env=env, stdout=logs["demo"], stderr=subprocess.STDOUT, start_new_session=True),
-            subprocess.Popen(py + ["analytics", "--config", str(pipeline_config(tmp_path / "cloud.yaml"))],
-                             cwd=ROOT, env=env, stdout=logs["analytics"], stderr=subprocess.STDOUT,
-                             start_new_session=True),
-        ]
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log_path = tmp_path / "demo.log"
+        log = open(log_path, "w")
+        proc = subprocess.Popen([sys.executable, "-m", "split_infer", "demo", "--redis-url", REDIS_URL,
+                                 "--feeds", str(FEEDS), "--no-live", "--api-port", str(port),
+                                 "--workdir", str(tmp_path / "demo")],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
         def alive() -> None:
-            for name, proc in zip(logs, procs):
-                if proc.poll() is not None:
-                    pytest.fail(f"{name} exited with {proc.returncode}:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}")
+            if proc.poll() is not None:
+                pytest.fail(f"the demo exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
 
         try:
-            with api_server(prefix) as base, playwright() as p:
+            deadline = time.monotonic() + 240  # the demo loads the model and warms up first
+            while f"dashboard: {base}/" not in log_path.read_text():
+                alive()
+                assert time.monotonic() < deadline, f"the demo printed no dashboard URL in 240 s:\n{log_path.read_text()}"
+                time.sleep(0.5)
+            with playwright() as p:
                 browser, page = open_page(p, base)
-                deadline = time.monotonic() + 240  # the demo loads the model and warms up first
                 while page.locator(".tile[data-state=online]").count() < FEEDS:
                     alive()
                     assert time.monotonic() < deadline, "the demo's cameras did not come online in 240 s"
@@ -216,7 +209,5 @@ def test_dashboard_on_the_real_pipeline(tmp_path):
                 check_clean(page)
                 browser.close()
         finally:
-            for proc in procs:
-                stop(proc)
-            for f in logs.values():
-                f.close()
+            stop(proc)
+            log.close()

@@ -7,11 +7,10 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 
 from media import HttpFeed, clip, street_video
 from split_infer.config import CameraConfig
-from split_infer.edge.capture import Capture, CameraState, FrameSlot, Frame, source_kind
+from split_infer.edge.capture import Capture, FrameSlot, Frame, source_kind
 
 
 def wait_for(pred, timeout: float, what: str) -> None:

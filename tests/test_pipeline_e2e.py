@@ -11,12 +11,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import pytest
 
-from media import HttpFeed, clip, street_video
+from media import HttpFeed, clip
 from pipeline_support import IMGSZ, Pipeline, duplicates, wait_for
 
 FRAMES = 24  # per file camera: a few dozen keeps the suite fast on 2 cores
