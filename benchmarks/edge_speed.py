@@ -13,7 +13,6 @@ frames the INT8 calibration did not see).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from split_infer.evaluation import agreement_map50  # noqa: E402
 from split_infer.export import quantize_int8, to_openvino, video_frames  # noqa: E402
 from split_infer.postprocess import non_max_suppression  # noqa: E402
 from split_infer.preprocess import letterbox, parse_imgsz  # noqa: E402
+from report import emit  # noqa: E402
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
 
@@ -144,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{args.video.name}; timing and fidelity on its second half", "machine": machine(),
                    "torch_threads": torch.get_num_threads(), "openvino": __import__("openvino").get_version(),
                    "torch": torch.__version__})
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(result, args.json)
     return 0
 
 

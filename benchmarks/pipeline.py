@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from split_infer.demo import Children, DemoError, free_port, start_redis, wait_log  # noqa: E402
 from split_infer.preprocess import parse_imgsz  # noqa: E402
+from report import emit  # noqa: E402
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
 
@@ -244,11 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(out, args.json)
     return 0
 
 

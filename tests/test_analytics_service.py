@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cloud_support import drop_prefix, fresh_prefix, shared_redis
+from cloud_support import fresh_prefix
 from split_infer import keys
 from split_infer.analytics.service import AnalyticsService, Settings
 from split_infer.config import CameraConfig, CloudConfig
@@ -23,14 +23,6 @@ from test_analytics_video import HAND, LINE, street_records
 
 ROOT = Path(__file__).resolve().parents[1]
 ZONE = {"name": "lower", "polygon": [(0, 150), (640, 150), (640, 235), (0, 235)]}
-
-
-@pytest.fixture
-def r():
-    client = shared_redis()
-    prefix = fresh_prefix()
-    yield client
-    drop_prefix(client, prefix)
 
 
 def config() -> CloudConfig:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cloud_support import (SHAPES, IngestThread, RedisServer, drop_prefix, features, frame, fresh_prefix,
-                           shared_redis)
+from cloud_support import (SHAPES, IngestThread, RedisServer, features, frame, fresh_prefix)
 from split_infer import keys
 from split_infer.codec import make_decoder, make_encoder
 from split_infer.config import CameraConfig, CloudConfig
@@ -29,14 +28,6 @@ def cloud_cfg(**kw) -> CloudConfig:
         else:
             base[k] = v
     return CloudConfig.model_validate(base)
-
-
-@pytest.fixture
-def r():
-    client = shared_redis()
-    prefix = fresh_prefix()
-    yield client
-    drop_prefix(client, prefix)
 
 
 def stub(addr: str) -> pb_grpc.FeatureIngestStub:

@@ -17,22 +17,14 @@ import pytest
 import redis
 import yaml
 
-from cloud_support import (REAL_IMGSZ, RedisServer, drop_prefix, features, fresh_prefix, real_features,
-                           shared_data, shared_redis)
+from cloud_support import (REAL_IMGSZ, RedisServer, features, fresh_prefix, real_features,
+                           shared_data)
 from split_infer import keys
 from split_infer.codec import make_decoder, make_encoder
 from split_infer.config import CloudConfig
 from split_infer.cloud.worker import Worker, yolo_head
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def r():
-    client = shared_redis()
-    prefix = fresh_prefix()
-    yield client
-    drop_prefix(client, prefix)
 
 
 def cfg(**worker) -> CloudConfig:
