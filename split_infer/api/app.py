@@ -83,6 +83,12 @@ class BadRange(ValueError):
     pass
 
 
+# Query parameters shared by the per-camera and the all-camera event listings.
+EventsFrom = Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h")]
+EventsTo = Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")]
+EventType = Annotated[str | None, Query(max_length=64, description="only events of this type")]
+
+
 def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float = 5.0,
                redis: Redis | None = None) -> FastAPI:
     """The API bound to one Redis. `stale_after_s`: no frame for this long means offline."""
@@ -219,10 +225,10 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     @app.get("/api/cameras/{camera}/events", response_model=EventList, responses=ERRORS, tags=["analytics"])
     async def camera_events(
         camera: CameraId, r: RedisDep,
-        start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h")] = None,
-        end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
+        start: EventsFrom = None,
+        end: EventsTo = None,
         limit: Limit = 100,
-        type: Annotated[str | None, Query(max_length=64, description="only events of this type")] = None,
+        type: EventType = None,
     ) -> EventList:
         """Line crossings and zone entries/exits, newest first."""
         start, end = _range(start, end, 3600.0)
@@ -233,10 +239,10 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
              tags=["analytics"])
     async def every_event(
         r: RedisDep,
-        start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h")] = None,
-        end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
+        start: EventsFrom = None,
+        end: EventsTo = None,
         limit: Limit = 100,
-        type: Annotated[str | None, Query(max_length=64, description="only events of this type")] = None,
+        type: EventType = None,
     ) -> EventList:
         """Events of every camera, newest first."""
         start, end = _range(start, end, 3600.0)
