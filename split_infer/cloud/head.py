@@ -8,7 +8,6 @@ CUDA GPU and OpenVINO on a CPU (faster there, see benchmarks/edge_speed.py).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
@@ -107,9 +106,3 @@ def feature_shapes(model: str, cut: int, imgsz: tuple[int, int]) -> dict[str, tu
     from split_infer.partition import crossing_shapes
 
     return crossing_shapes(load_model(model), cut, tuple(imgsz))
-
-
-def model_dir_for(model: str, cut: int, imgsz: tuple[int, int]) -> Path:
-    from split_infer.export import default_ir_dir
-
-    return default_ir_dir(model, cut, imgsz)
