@@ -80,9 +80,49 @@ def to_openvino(module, imgsz: tuple[int, int], output_names: list[str] | None =
     return ov_model
 
 
+class EdgeWithBottleneck:
+    """The edge part followed by a learned codec's encoder (`split-infer codec train`), so that
+    OpenVINO runs both and the edge's codec only quantises and entropy-codes the latent."""
+
+    @staticmethod
+    def build(edge, codec_model: str | Path):
+        import torch
+
+        from split_infer.codec.learned import LATENT, LearnedModel
+
+        learned = LearnedModel.load(codec_model)
+        if learned.tensor not in edge.output_names or len(edge.output_names) != 1:
+            raise ValueError(f"codec model {codec_model} encodes {learned.tensor!r}; this cut sends {edge.output_names}")
+        w = {k: torch.from_numpy(v) for k, v in learned.weights.items()}
+
+        def conv(name: str) -> torch.nn.Conv2d:
+            weight = w[f"{name}.weight"]
+            layer = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=weight.shape[2] // 2)
+            with torch.no_grad():
+                layer.weight.copy_(weight)
+                layer.bias.copy_(w[f"{name}.bias"])
+            return layer
+
+        class Module(torch.nn.Module):
+            output_names = [LATENT]
+
+            def __init__(self):
+                super().__init__()
+                self.edge, self.enc1, self.enc2 = edge, conv("enc1"), conv("enc2")
+
+            def forward(self, x):
+                feats = self.edge(x)[learned.tensor]
+                return {LATENT: self.enc2(torch.nn.functional.silu(self.enc1(feats)))}
+
+        return Module().eval(), learned
+
+
 def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path | None = None,
-                int8: bool = False, calibration: str | Path | None = None, calibration_frames: int = 120) -> Path:
-    """Write the edge IR and its metadata; returns the output directory."""
+                int8: bool = False, calibration: str | Path | None = None, calibration_frames: int = 120,
+                codec_model: str | Path | None = None) -> Path:
+    """Write the edge IR and its metadata; returns the output directory.
+
+    With `codec_model`, the IR ends in that learned codec's encoder and outputs its latent."""
     import openvino as ov
     import torch
 
@@ -93,6 +133,9 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
     out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
     model = load_model(model_name)
     edge, _ = partition(model, cut)
+    learned = None
+    if codec_model:
+        edge, learned = EdgeWithBottleneck.build(edge, codec_model)
     ov_model = to_openvino(edge, imgsz, edge.output_names)
     if int8:
         if calibration is None:
@@ -114,6 +157,8 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
         "outputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in edge.output_names],
         "precision": "int8" if int8 else "fp32",
         "calibration": str(calibration) if int8 else None,
+        "codec_model": ({"path": str(codec_model), "model_id": learned.model_id, "replaces": learned.tensor}
+                        if learned else None),
         "versions": {"split_infer": split_infer.__version__, "openvino": ov.get_version(), "torch": torch.__version__},
     }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -146,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="NNCF post-training INT8 quantisation")
     parser.add_argument("--calibration", help="video whose frames calibrate INT8")
     parser.add_argument("--calibration-frames", type=int, default=120)
+    parser.add_argument("--codec-model", help="learned codec (.npz) whose encoder the IR should end in")
     args = parser.parse_args(argv)
     try:
         out = export_edge(args.model, args.cut, parse_imgsz(args.imgsz), args.out, args.int8, args.calibration,
-                          args.calibration_frames)
+                          args.calibration_frames, args.codec_model)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"split-infer export: {e}", file=sys.stderr)
         return 1

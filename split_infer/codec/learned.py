@@ -124,9 +124,12 @@ class LearnedEncoder(TemporalEncoder):
         return self._since_key >= self.key_interval or ref is None or ref.codes.shape[2:] != x.shape[2:]
 
     def _encode(self, tensors, key):
+        if set(tensors) == {LATENT}:  # the edge IR already ran this encoder (split-infer export --codec-model)
+            return super()._encode(tensors, key)
         name = self.model.tensor
         if set(tensors) != {name}:
-            raise CodecError(f"this learned codec takes exactly the tensor {name!r}, got {sorted(tensors)}")
+            raise CodecError(f"this learned codec takes exactly the tensor {name!r} (or its latent {LATENT!r}), "
+                             f"got {sorted(tensors)}")
         return super()._encode({LATENT: self.model.encode(tensors[name])}, key)
 
     def _key_scales(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
