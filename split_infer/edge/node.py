@@ -124,6 +124,7 @@ class EdgeNode:
         self._wake: asyncio.Event | None = None
         self._closing = False  # no new frames; drain what is buffered
         self._last_conn_error: str | None = None
+        self._refused: str | None = None  # the ingest's refusal of our token, until a frame is acked
 
     # -- inference -------------------------------------------------------------------------------
     def _on_features(self, outputs: dict[str, np.ndarray], userdata: tuple[Frame, float, float]) -> None:
@@ -262,6 +263,7 @@ class EdgeNode:
                 writer = asyncio.create_task(self._write_frames(call))
                 try:
                     async for ack in call:
+                        self._refused = None
                         self._on_ack(ack)
                         backoff = 0.25
                         if self._closing and self.drained:
@@ -276,9 +278,13 @@ class EdgeNode:
             except asyncio.TimeoutError:
                 self._last_conn_error = f"ingest {self.cfg.cloud} unreachable (no connection in {self.connect_timeout_s:.0f} s)"
             except grpc.aio.AioRpcError as e:
-                self._last_conn_error = f"{e.code().name}: {e.details()}"
+                error = f"{e.code().name}: {e.details()}"
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self._refused = error
                     log.error("the ingest refused this node's token: %s", e.details())
+                # A retry after a refusal can surface as INTERNAL from gRPC's core: the refusal stays
+                # the reported cause until the ingest acknowledges a frame again.
+                self._last_conn_error = self._refused or error
             finally:
                 was = self._connected
                 self._connected = False
