@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
 from split_infer.evaluation import NMS_IOU, RANK_CONF, agreement_map50, f1_score  # noqa: E402
+from split_infer.export import video_frames  # noqa: E402
 from split_infer.postprocess import non_max_suppression  # noqa: E402
 from split_infer.preprocess import letterbox, parse_imgsz  # noqa: E402
 
@@ -44,19 +45,14 @@ LEARNED_SETTINGS: tuple[dict, ...] = tuple(dict(step=s, deadzone=d, key_interval
 
 
 def read_frames(path: str, start: int, n: int) -> tuple[list[np.ndarray], float]:
+    """`n` frames from `start`, and the clip's frame rate (the H.264 GOP is set in seconds)."""
+    try:
+        frames = video_frames(path, count=n, start=start)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{path}: {e}") from None
     cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open video {path}")
     fps = cap.get(cv2.CAP_PROP_FPS) or 10.0
-    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    frames = []
-    while len(frames) < n:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    if not frames:
-        raise SystemExit(f"{path}: no frames from {start}")
+    cap.release()
     return frames, fps
 
 

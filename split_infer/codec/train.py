@@ -36,7 +36,11 @@ def collect_features(video: str, frames: tuple[int, int | None], every: int, mod
         raise FileNotFoundError(f"cannot open video {video}")
     a, b = frames
     b = b if b is not None else int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, a)
+    # Decode up to frame `a` instead of seeking: OpenCV's seek in MPEG-4 lands on other frames
+    # (seeking to 367 in the street clip gave frame 363), which would blur train/test splits.
+    for _ in range(a):
+        if not cap.grab():
+            break
     feats, i = [], a
     while i < b:
         ok, f = cap.read()
