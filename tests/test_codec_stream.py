@@ -181,3 +181,16 @@ def test_adaptive_encoder_stays_within_budget_and_reports() -> None:
     for f in frames[:90]:
         rich.encode({"x4": f})
     assert rich.report()["level"] == 0
+
+
+def test_adaptive_ladder_rung_is_not_the_zstd_level(monkeypatch) -> None:
+    # the ladder rung once lived in `level`, which the base encoder also passed to zstd
+    import split_infer.codec.codecs as codecs
+
+    levels, real_pack = [], codecs.pack
+    monkeypatch.setattr(codecs, "pack", lambda frame, level=3: levels.append(level) or real_pack(frame, level))
+    enc = make_encoder("temporal", budget_bps=1e6)
+    assert enc.level == len(enc.ladder) // 2 > 3
+    for f in clip(3):
+        enc.encode({"x4": f})
+    assert levels == [3, 3, 3] and enc.zstd_level == 3

@@ -168,7 +168,7 @@ class Ingest:
             raise FrameRejected(grpc.StatusCode.INVALID_ARGUMENT, "wrong_cut",
                                 f"{f.camera_id}: features of cut {cut}, this cloud runs cut {self.cfg.model.cut}")
         self._check_shapes(st, f.camera_id, tensors)
-        if dec.last_frame is not None and dec.last_frame.key and dec.last_frame.codec != "learned":
+        if dec.last_frame_self_contained:
             return bytes(f.payload)  # already self-contained: queue the edge's bytes unchanged
         return make_encoder(self.s.queue_codec).encode(tensors)
 

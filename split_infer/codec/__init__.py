@@ -1,52 +1,95 @@
-"""Feature codecs: compress the tensors that cross the cut (edge-safe: numpy + zstandard only).
+"""Feature codecs: compress the tensors that cross the cut (edge-safe: numpy, zstandard, PyAV).
 
-    enc = make_encoder("q8-zstd")          # or "temporal", "temporal-q6", "learned:<path>", kwargs
-    payload = enc.encode({"x4": x4})       # bytes in the wire format of docs/wire-format.md
+    enc = make_encoder("video")            # or "q8-zstd", "temporal-q6", "learned:<path>", kwargs
+    out = enc.encode_frame({"x4": x4})     # out.payload: bytes in docs/wire-format.md; out.key
     dec = make_decoder()                   # one per camera stream
-    tensors = dec.decode(payload)          # CodecError on anything malformed or out of order
+    tensors = dec.decode(out.payload)      # CodecError on anything malformed or out of order
+
+Encoders register here by spec pattern (`register_encoder`), frame decoders by wire codec name
+(`codecs.register_frame_decoder`); `make_encoder` and the generic `Decoder` name none of them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-from split_infer.codec.codecs import Decoder, Encoder, QuantEncoder, TemporalEncoder
+from split_infer.codec import learned, video  # noqa: F401  (they register their frame decoders)
+from split_infer.codec.codecs import Decoder, EncodedFrame, Encoder, QuantEncoder, TemporalEncoder
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import Limits
 
-__all__ = ["CodecError", "Decoder", "Encoder", "Limits", "make_decoder", "make_encoder"]
+__all__ = ["CodecError", "Decoder", "EncodedFrame", "Encoder", "Limits", "make_decoder", "make_encoder",
+           "register_encoder", "encoder_specs"]
+
+# (pattern, builder, help): the first pattern that fully matches a spec builds its encoder
+_ENCODERS: list[tuple[re.Pattern, Callable[..., Encoder], str]] = []
+
+
+def register_encoder(pattern: str, help: str):
+    """Register `builder(match, **kwargs) -> Encoder` for specs matching `pattern`."""
+    def wrap(builder):
+        _ENCODERS.append((re.compile(pattern), builder, help))
+        return builder
+    return wrap
+
+
+def encoder_specs() -> list[str]:
+    """One line per registered spec pattern, for help texts."""
+    return [h for _, _, h in _ENCODERS]
+
+
+@register_encoder(r"q([2-8])-zstd", "q<bits>-zstd: stateless per-frame quantisation to 2-8 bits, zstd")
+def _quant(m: re.Match, **kw) -> Encoder:
+    return QuantEncoder(bits=int(m.group(1)), **kw)
+
+
+@register_encoder(r"temporal(?:-q([2-8]))?", "temporal[-q<bits>]: delta coding of 2-8-bit codes, zstd")
+def _temporal(m: re.Match, **kw) -> Encoder:
+    if "budget_bps" in kw:
+        from split_infer.codec.adaptive import AdaptiveEncoder
+
+        return AdaptiveEncoder(**kw)
+    if m.group(1):
+        kw.setdefault("bits", int(m.group(1)))
+    return TemporalEncoder(**kw)
+
+
+@register_encoder(r"adaptive", "adaptive: temporal, stepping its setting to stay within budget_bps")
+def _adaptive(m: re.Match, **kw) -> Encoder:
+    from split_infer.codec.adaptive import AdaptiveEncoder
+
+    return AdaptiveEncoder(**kw)
+
+
+@register_encoder(r"video(?:-(h264|hevc))?(?:-crf(\d+(?:\.\d+)?))?",
+                  "video[-h264|-hevc][-crf<N>]: normalised feature mosaic through x264/x265 (default)")
+def _video(m: re.Match, **kw) -> Encoder:
+    if m.group(1):
+        kw.setdefault("inner", m.group(1))
+    if m.group(2):
+        kw.setdefault("crf", float(m.group(2)))
+    return video.VideoEncoder(**kw)
+
+
+@register_encoder(r"learned:(.+)", "learned:<model.npz>: learned bottleneck + temporal coding of its latent")
+def _learned(m: re.Match, **kw) -> Encoder:
+    if "budget_bps" in kw:
+        from split_infer.codec.adaptive import AdaptiveLearnedEncoder
+
+        return AdaptiveLearnedEncoder(m.group(1), **kw)
+    return learned.LearnedEncoder(m.group(1), **kw)
 
 
 def make_encoder(spec: str = "q8-zstd", **kwargs) -> Encoder:
-    """Build an encoder from a spec string: "q8-zstd" (bits=8), "q6-zstd", "temporal",
-    "temporal-q8" (bits), "learned:<path>". With `budget_bps=` (and `fps=`), "temporal",
-    "adaptive" and "learned:<path>" pick their own setting to stay within that budget."""
-    if spec.startswith("learned:"):
-        path = spec.split(":", 1)[1]
-        if "budget_bps" in kwargs:
-            from split_infer.codec.adaptive import AdaptiveLearnedEncoder
-
-            return AdaptiveLearnedEncoder(path, **kwargs)
-        from split_infer.codec.learned import LearnedEncoder
-
-        return LearnedEncoder(path, **kwargs)
-    m = re.fullmatch(r"q([2-8])-zstd", spec)
-    if m:
-        return QuantEncoder(bits=int(m.group(1)), **kwargs)
-    m = re.fullmatch(r"temporal(?:-q([2-8]))?", spec)
-    if m and "budget_bps" in kwargs:
-        from split_infer.codec.adaptive import AdaptiveEncoder
-
-        return AdaptiveEncoder(**kwargs)
-    if m:
-        if m.group(1):
-            kwargs.setdefault("bits", int(m.group(1)))
-        return TemporalEncoder(**kwargs)
-    if spec == "adaptive":
-        from split_infer.codec.adaptive import AdaptiveEncoder
-
-        return AdaptiveEncoder(**kwargs)
-    raise ValueError(f"unknown codec spec {spec!r}")
+    """Build an encoder from a spec string (see `encoder_specs()`), e.g. "video", "video-hevc-crf32",
+    "q8-zstd", "temporal-q6", "learned:<path>"; keyword arguments set the encoder's parameters. With
+    `budget_bps=` (and `fps=`), "temporal", "adaptive" and "learned:<path>" pick their own setting."""
+    for pattern, builder, _ in _ENCODERS:
+        m = pattern.fullmatch(spec)
+        if m:
+            return builder(m, **kwargs)
+    raise ValueError(f"unknown codec spec {spec!r}; known: {'; '.join(encoder_specs())}")
 
 
 def make_decoder(limits: Limits | None = None, learned_dir: str | None = None) -> Decoder:

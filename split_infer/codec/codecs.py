@@ -1,21 +1,46 @@
-"""Training-free feature codecs: stateless per-frame quantisation and temporal delta coding.
+"""Training-free feature codecs: stateless per-frame quantisation and temporal delta coding,
+the encoder base class and the one generic decoder.
 
 One encoder and one decoder per camera stream. The decoder reads everything it needs from the
 payload header and keeps the reference of stateful streams; it refuses (CodecError) to decode a
-delta frame against anything but the frame right before it.
+delta frame against anything but the frame right before it. Codecs whose frames need more than
+codes -> floats (the learned bottleneck, the inner video codec) register a frame decoder by their
+wire name (`register_frame_decoder`), so this module names none of them.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from split_infer.codec import quant
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import Q_AFFINE, Q_DELTA, Q_RAW, Frame, Limits, TensorRecord, pack, unpack
+
+
+class EncodedFrame(NamedTuple):
+    """What one `Encoder.encode_frame` call made: the payload, and whether it is a key frame."""
+
+    payload: bytes
+    key: bool
+    seq: int
+
+
+# wire codec name -> factory of a per-stream frame decoder: (frame, decoder) -> tensors
+FrameDecoder = Callable[[Frame, "Decoder"], dict[str, np.ndarray]]
+_FRAME_DECODERS: dict[str, Callable[[], FrameDecoder]] = {}
+
+
+def register_frame_decoder(codec: str):
+    """Class decorator: frames of wire codec `codec` decode through a fresh instance per stream."""
+    def wrap(factory):
+        _FRAME_DECODERS[codec] = factory
+        return factory
+    return wrap
 
 
 def _check_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -37,8 +62,8 @@ class Encoder:
 
     codec = ""
 
-    def __init__(self, cut: int | None = None, level: int = 3) -> None:
-        self.cut, self.level, self.seq, self._force_key = cut, level, 0, True
+    def __init__(self, cut: int | None = None, zstd_level: int = 3) -> None:
+        self.cut, self.zstd_level, self.seq, self._force_key = cut, zstd_level, 0, True
         self.stream = secrets.randbits(32)  # tells this encoder's deltas from another's
 
     def request_key_frame(self) -> None:
@@ -54,19 +79,24 @@ class Encoder:
         return {"codec": self.codec, **self.params}
 
     def encode(self, tensors: dict[str, np.ndarray]) -> bytes:
+        """The payload of one frame (see `encode_frame` for whether it is a key frame)."""
+        return self.encode_frame(tensors).payload
+
+    def encode_frame(self, tensors: dict[str, np.ndarray]) -> EncodedFrame:
         try:
             tensors = _check_tensors(tensors)
             key = self._force_key or self._wants_key(tensors)
             records = self._encode(tensors, key)
             payload = pack(Frame(self.codec, self.seq, key, records, self.params, self.cut, self.stream),
-                           self.level)
+                           self.zstd_level)
         except Exception:
             self._force_key = True  # our reference may be half-updated: restart cleanly
             raise
+        out = EncodedFrame(payload, key, self.seq)
         self._force_key = False
         self.seq += 1
         self._after(len(payload), key)
-        return payload
+        return out
 
     def _wants_key(self, tensors: dict[str, np.ndarray]) -> bool:
         return False
@@ -183,14 +213,22 @@ class Decoder:
     """Decodes any codec's payloads for one stream; keeps the reference of stateful codecs."""
 
     def __init__(self, limits: Limits = Limits(), learned_dir: str | None = None) -> None:
-        self.limits, self.learned_dir = limits, learned_dir
-        self._models: dict = {}
+        self.limits, self.learned_dir = limits, learned_dir  # learned_dir: model files for frames that name one
+        self.cache: dict = {}  # per-decoder state of registered frame decoders (loaded models)
+        self._frame_decoders: dict[str, FrameDecoder] = {}
         self._refs: dict[str, _Ref] = {}
         self._last_seq: int | None = None
         self._stream: int | None = None
         self._codec: str | None = None
         self.needs_key_frame = True  # nothing to predict from yet
         self.last_frame: Frame | None = None  # header of the last decoded frame (codec, seq, params)
+
+    @property
+    def last_frame_self_contained(self) -> bool:
+        """Whether the last decoded payload decodes on its own with the plain codes decoder (no
+        state, no model, no inner codec): such payloads can be queued for any worker unchanged."""
+        f = self.last_frame
+        return f is not None and f.key and f.codec not in _FRAME_DECODERS
 
     def decode(self, payload: bytes) -> dict[str, np.ndarray]:
         try:
@@ -206,31 +244,17 @@ class Decoder:
         self.needs_key_frame, self.last_frame = False, frame
         return out
 
-    def learned_model(self, model_id: str):
-        """The learned codec model with this id, from `learned_dir` (loaded once)."""
-        from split_infer.codec.learned import LearnedModel
-
-        if model_id not in self._models:
-            if self.learned_dir is None:
-                raise CodecError(f"learned codec frame (model {model_id!r}) but this decoder has no learned_dir")
-            for path in sorted(Path(self.learned_dir).glob("*.npz")):
-                m = LearnedModel.load(path)
-                self._models.setdefault(m.model_id, m)
-            if model_id not in self._models:
-                raise CodecError(f"learned codec model {model_id!r} not found in {self.learned_dir}")
-        return self._models[model_id]
-
     def _decode(self, frame: Frame) -> dict[str, np.ndarray]:
-        out = self._decode_codes(frame)
-        if frame.codec == "learned":
-            from split_infer.codec.learned import reconstruct
-
-            return reconstruct(out, frame.params, self)
-        return out
-
-    def _decode_codes(self, frame: Frame) -> dict[str, np.ndarray]:
         if not frame.key:
             self._check_order(frame)
+        if frame.codec not in _FRAME_DECODERS:
+            return self.decode_codes(frame)
+        if frame.key or frame.codec not in self._frame_decoders:
+            self._frame_decoders[frame.codec] = _FRAME_DECODERS[frame.codec]()
+        return self._frame_decoders[frame.codec](frame, self)
+
+    def decode_codes(self, frame: Frame) -> dict[str, np.ndarray]:
+        """Affine, delta or raw codes -> tensors, keeping the reference of delta streams."""
         refs, out = {}, {}
         for t in frame.tensors:
             if t.mode == Q_RAW:

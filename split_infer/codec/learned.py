@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from split_infer.codec.codecs import Decoder, TemporalEncoder, register_frame_decoder
 from split_infer.codec.errors import CodecError
-from split_infer.codec.codecs import TemporalEncoder
+from split_infer.codec.wire import Frame
 
 LATENT = "z"  # the latent's tensor name on the wire
 ZERO_CODE = 128  # the code of latent value 0
@@ -138,11 +139,34 @@ class LearnedEncoder(TemporalEncoder):
         return np.full(c, self.step, np.float32), np.full(c, -ZERO_CODE * self.step, np.float32)
 
 
-def reconstruct(latents: dict[str, np.ndarray], params: dict, decoder) -> dict[str, np.ndarray]:
+def model_for(decoder: Decoder, model_id: str) -> LearnedModel:
+    """The learned model with this id, from the decoder's `learned_dir` (loaded once per decoder)."""
+    models: dict[str, LearnedModel] = decoder.cache.setdefault("learned_models", {})
+    if model_id not in models:
+        if decoder.learned_dir is None:
+            raise CodecError(f"learned codec frame (model {model_id!r}) but this decoder has no learned_dir")
+        for path in sorted(Path(decoder.learned_dir).glob("*.npz")):
+            m = LearnedModel.load(path)
+            models.setdefault(m.model_id, m)
+        if model_id not in models:
+            raise CodecError(f"learned codec model {model_id!r} not found in {decoder.learned_dir}")
+    return models[model_id]
+
+
+@register_frame_decoder("learned")
+class LearnedFrameDecoder:
+    """Cloud side of one stream: the latent's codes as the temporal codec sends them, then the
+    model's decoder back to the features the head expects."""
+
+    def __call__(self, frame: Frame, decoder: Decoder) -> dict[str, np.ndarray]:
+        return reconstruct(decoder.decode_codes(frame), frame.params, decoder)
+
+
+def reconstruct(latents: dict[str, np.ndarray], params: dict, decoder: Decoder) -> dict[str, np.ndarray]:
     """Cloud side: dequantised latent -> the features the head expects."""
     if set(latents) != {LATENT}:
         raise CodecError(f"a learned frame carries exactly the tensor {LATENT!r}")
-    model = decoder.learned_model(str(params.get("model", "")))
+    model = model_for(decoder, str(params.get("model", "")))
     tensor = str(params.get("tensor", model.tensor))
     y = latents[LATENT]
     cin = model.weights["dec1.weight"].shape[1]

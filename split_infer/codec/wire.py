@@ -21,11 +21,12 @@ MAGIC = b"SIFC"
 VERSION = 1
 
 # Codec ids on the wire. Never renumber: old payloads must keep their meaning.
-CODEC_IDS: dict[str, int] = {"q8-zstd": 1, "temporal": 2, "learned": 3}
+CODEC_IDS: dict[str, int] = {"q8-zstd": 1, "temporal": 2, "learned": 3, "video": 4}
 CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}
 
 FLAG_KEY = 0x01
 CUT_NONE = 0xFFFF
+VIDEO_SLACK = 1 << 16  # a video packet may exceed its raw codes by headers (lossless settings)
 
 # Decoded dtypes (the dtype the decoder returns).
 DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1"), 4: np.dtype("<i4")}
@@ -35,6 +36,9 @@ DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
 Q_RAW = 0  # body: the decoded dtype's little-endian bytes
 Q_AFFINE = 1  # body: uint8 codes; per-channel (axis 1) float32 scales and offsets in the header
 Q_DELTA = 2  # body: uint8 codes minus the previous frame's codes, mod 2**bits; scales of the key frame
+# body: one packet of an inner video codec (not zstd: it is entropy-coded already) holding the
+# tensor's 8-bit codes as a mosaic; per-channel scales and offsets in the header of key frames only
+Q_VIDEO = 3
 
 _FIXED = struct.Struct("<4sBBBBIQHH")  # magic, version, codec, flags, n_tensors, stream, seq, cut, params_len
 _TENSOR_TAIL = struct.Struct("<BBI")  # quant mode, bits, body length
@@ -73,9 +77,14 @@ class TensorRecord:
         return self.shape[1] if len(self.shape) >= 2 else 1
 
     def expected_body_len(self) -> int:
-        """Exact decompressed size implied by the descriptor."""
+        """Exact decompressed size implied by the descriptor (for Q_VIDEO: the most it may take)."""
         n = int(np.prod(self.shape, dtype=np.int64))
+        if self.mode == Q_VIDEO:
+            return n + VIDEO_SLACK
         return n * self.dtype.itemsize if self.mode == Q_RAW else n
+
+    def carries_scales(self, key: bool) -> bool:
+        return self.mode == Q_AFFINE or (self.mode == Q_VIDEO and key)
 
 
 @dataclass
@@ -119,12 +128,12 @@ def pack(frame: Frame, level: int = 3) -> bytes:
         name = t.name.encode()
         if not 1 <= len(name) <= 255 or not 1 <= len(t.shape) <= 255:
             raise CodecError(f"bad tensor name or rank: {t.name!r} {t.shape}")
-        body = cctx.compress(t.body)
+        body = t.body if t.mode == Q_VIDEO else cctx.compress(t.body)
         bodies.append(body)
         out.append(struct.pack(f"<B{len(name)}sBB{len(t.shape)}I", len(name), name,
                                DTYPE_CODES[np.dtype(t.dtype)], len(t.shape), *t.shape))
         out.append(_TENSOR_TAIL.pack(t.mode, t.bits, len(body)))
-        if t.mode == Q_AFFINE:
+        if t.carries_scales(frame.key):
             out.append(np.asarray(t.scales, "<f4").tobytes())
             out.append(np.asarray(t.offsets, "<f4").tobytes())
     out += bodies
@@ -213,14 +222,14 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
         if mode == Q_RAW:
             if bits != 0:
                 raise CodecError(f"tensor {name}: raw tensors carry no bit depth")
-        elif mode in (Q_AFFINE, Q_DELTA):
+        elif mode in (Q_AFFINE, Q_DELTA, Q_VIDEO):
             if not 1 <= bits <= 8:
                 raise CodecError(f"tensor {name}: bit depth {bits}, allowed 1 to 8")
             if DTYPES[dtype_code].kind != "f":
                 raise CodecError(f"tensor {name}: quantised tensors decode to floats")
         else:
             raise CodecError(f"tensor {name}: unknown coding mode {mode}")
-        if mode == Q_AFFINE:
+        if t.carries_scales(bool(flags & FLAG_KEY)):
             c = t.channels
             t.scales = np.frombuffer(r.take(4 * c, "scales"), "<f4").copy()
             t.offsets = np.frombuffer(r.take(4 * c, "offsets"), "<f4").copy()
@@ -234,6 +243,11 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
     for t, body_len in zip(tensors, body_lens):
         comp = r.take(body_len, f"tensor {t.name} body")
         expected = cap = t.expected_body_len()
+        if t.mode == Q_VIDEO:  # an inner codec's packet: its own decoder parses it, bounded by the shape
+            if not 1 <= body_len <= cap:
+                raise CodecError(f"tensor {t.name}: video packet of {body_len} bytes, allowed 1 to {cap}")
+            t.body = bytes(comp)
+            continue
         try:
             params_ = zstandard.get_frame_parameters(comp)
         except zstandard.ZstdError as e:

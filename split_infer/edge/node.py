@@ -33,7 +33,6 @@ import numpy as np
 
 from split_infer import metrics
 from split_infer.codec import make_encoder
-from split_infer.codec.wire import FLAG_KEY
 from split_infer.config import CameraConfig, EdgeConfig, load_yaml
 from split_infer.edge.capture import Capture, CameraState, Frame
 from split_infer.edge.outbox import Item, Outbox
@@ -44,7 +43,6 @@ log = logging.getLogger("split_infer.edge")
 
 SNAPSHOT_WIDTH = 320
 SNAPSHOT_QUALITY = 70
-KEY_FLAG_OFFSET = 6  # magic (4), version (1), codec (1), flags
 MAX_MESSAGE = 64 << 20  # far above any feature frame; the ingest enforces its own payload limit
 
 
@@ -135,7 +133,8 @@ class EdgeNode:
         try:
             extract_ms = (time.perf_counter() - t_start) * 1000.0
             t0 = time.perf_counter()
-            payload = self.encoders[cam].encode(outputs)
+            encoded = self.encoders[cam].encode_frame(outputs)
+            payload = encoded.payload
             encode_ms = (time.perf_counter() - t0) * 1000.0
             snapshot = self._maybe_snapshot(cam, frame)
             h, w = frame.image.shape[:2]
@@ -153,8 +152,7 @@ class EdgeNode:
                 snapshot_jpeg=snapshot, session=self.session,
                 timings_ms={"capture": frame.capture_ms, "preprocess": pre_ms, "extract": extract_ms,
                             "encode": encode_ms})
-            key = bool(payload[KEY_FLAG_OFFSET] & FLAG_KEY)  # docs/wire-format.md: flags byte of the header
-            item = Item(cam, seq, msg, {"index": frame.index, "connection": frame.connection, "key": key})
+            item = Item(cam, seq, msg, {"index": frame.index, "connection": frame.connection, "key": encoded.key})
         except Exception as e:  # one bad frame costs one frame, never the node
             log.exception("camera %s: encoding frame %d failed", cam, frame.index)
             with self._lock:
