@@ -1,20 +1,30 @@
-"""Rate against detection fidelity on real footage: feature codecs vs JPEG vs H.264.
+"""Rate against detection agreement on real footage: feature codecs against JPEG, x264, x265, SVT-AV1.
 
-    python benchmarks/rate_fidelity.py --video ../shared/data/street-640x360.mp4 --frames 150 \
-        --start 367 --json rate.json --plot rate.png [--learned model.npz ...]
+    python benchmarks/rate_fidelity.py --video ../shared/data/street-640x360.mp4 --calibrate 367 \
+        --json street.json --plot street.png
 
-Agreement = mAP@0.5 of a method's detections (traffic classes, ranked to conf 0.001) against the
-unsplit fp32 YOLOv5s on the uncompressed frame (conf 0.25, NMS IoU 0.45); see
-split_infer/evaluation.py. Every family is measured on the same frames, in one run. Prints JSON.
+Frames [0, K) of the clip (`--calibrate K`) are for whatever a codec calibrates on; every row is
+measured on frames [K, K + count), all families on the same frames in one run. Video codecs code
+every one of those frames (their bytes are per frame of the full stream); detections are scored
+on every `--score-every`-th (the head is the slow part on two cores).
+
+Agreement: AP@0.5 against the unsplit fp32 model on the uncompressed frame (reference at conf 0.25,
+NMS IoU 0.45; a method's detections ranked down to conf 0.001), pooled over the traffic classes with
+at least 25 reference instances in the scored frames (named in `classes`), with a paired 95%
+bootstrap interval over frames. Class-agnostic AP@0.5 over all traffic classes is reported too.
+BD-rate: split_infer/bdrate.py. Prints a JSON summary; writes the full JSON and a plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -23,29 +33,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from split_infer.bdrate import bd_rate, bytes_at, lower_hull  # noqa: E402
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
-from split_infer.evaluation import NMS_IOU, RANK_CONF, agreement_map50, f1_score  # noqa: E402
+from split_infer.evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402,E501
 from split_infer.export import video_frames  # noqa: E402
 from split_infer.postprocess import non_max_suppression  # noqa: E402
 from split_infer.preprocess import letterbox, parse_imgsz  # noqa: E402
 
-JPEG_QUALITIES = (30, 40, 50, 60, 70, 80, 90, 95)
-H264_CRFS = (13, 18, 23, 28, 33, 38)
-CODEC_SETTINGS: tuple[tuple[str, dict], ...] = (
-    ("q8-zstd", {}),
-    ("q6-zstd", {}),
-    ("q4-zstd", {}),
-    *(("temporal", dict(bits=b, deadzone=dz, key_interval=30)) for b, dz in
-      ((8, 1), (8, 2), (8, 3), (6, 1), (6, 2), (5, 1), (5, 2), (4, 1), (4, 2))),
-    *(("temporal", dict(bits=b, deadzone=dz, key_interval=300)) for b, dz in ((6, 2), (5, 2), (4, 2))),
-)
-# key frames every 2 s at 10 fps: the same GOP as the H.264 rows
-LEARNED_SETTINGS: tuple[dict, ...] = tuple(dict(step=s, deadzone=d, key_interval=20) for s, d in (
-    (1.0, 1), (1.0, 2), (1.5, 1), (1.5, 2), (2.0, 1), (2.0, 2), (3.0, 2)))
+SATURATED = 0.995  # a sweep stops after two settings at or above this agreement
+BD_BOUNDS = (0.80, 0.99)
+
+# Each family's settings, from its fewest bytes up: a sweep must start below agreement 0.80.
+JPEG_QUALITIES = (5, 10, 20, 30, 45, 60, 75, 90, 100)
+X26X_CRFS = (51, 47, 43, 39, 35, 31, 27, 23, 19, 15, 11)
+AV1_CRFS = (63, 58, 52, 46, 40, 34, 28, 22)
+VIDEO_CODEC_CRFS = (48, 44, 40, 36, 32, 28, 24, 20, 16, 12)
+TEMPORAL_SETTINGS = tuple(dict(bits=b, deadzone=d, key_interval=30) for b, d in ((3, 3), (4, 2), (5, 2), (6, 1),
+                                                                                 (8, 1)))
 
 
 def read_frames(path: str, start: int, n: int) -> tuple[list[np.ndarray], float]:
-    """`n` frames from `start`, and the clip's frame rate (the H.264 GOP is set in seconds)."""
+    """`n` frames from `start` (decoded forward: seeking is inexact on some files), and the fps."""
     try:
         frames = video_frames(path, count=n, start=start)
     except (FileNotFoundError, ValueError) as e:
@@ -69,13 +77,15 @@ class Model:
         self.torch, self.imgsz = torch, imgsz
         self.edge, self.cloud = partition(load_model(name), cut)
 
+    def images(self, frames_bgr: list[np.ndarray]) -> np.ndarray:
+        return np.stack([letterbox(f, self.imgsz)[0] for f in frames_bgr])
+
     def features(self, frames_bgr: list[np.ndarray], batch: int = 8) -> list[dict[str, np.ndarray]]:
         out = []
         for i in range(0, len(frames_bgr), batch):
-            x = np.stack([letterbox(f, self.imgsz)[0] for f in frames_bgr[i:i + batch]])
             with self.torch.no_grad():
-                feats = self.edge(self.torch.from_numpy(x))
-            for j in range(len(x)):
+                feats = self.edge(self.torch.from_numpy(self.images(frames_bgr[i:i + batch])))
+            for j in range(len(feats[next(iter(feats))])):
                 out.append({k: v[j:j + 1].numpy().copy() for k, v in feats.items()})
         return out
 
@@ -93,14 +103,6 @@ class Model:
         return self.detect(self.features(frames_bgr))
 
 
-def row(method: str, setting: str, nbytes: float, ref, dets, enc_ms: float, dec_ms: float, **extra) -> dict:
-    r = {"method": method, "setting": setting, "bytes_per_frame": round(nbytes, 1),
-         "agreement_map50": round(agreement_map50(ref, dets), 4), "f1": round(f1_score(ref, dets), 4),
-         "encode_ms": round(enc_ms, 2), "decode_ms": round(dec_ms, 2), **extra}
-    print(json.dumps(r), file=sys.stderr, flush=True)
-    return r
-
-
 def resize_for(frame: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     """The letterbox's content size: the frame as the model sees it, before padding."""
     h, w = frame.shape[:2]
@@ -109,205 +111,327 @@ def resize_for(frame: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
     return frame if size == (w, h) else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
-def jpeg_rows(model: Model, frames, ref, label: str) -> list[dict]:
-    rows = []
-    for q in JPEG_QUALITIES:
+class Bench:
+    """One clip's evaluation: the frames, the reference detections, and the rows measured so far."""
+
+    def __init__(self, model: Model, frames: list[np.ndarray], fps: float, score_every: int) -> None:
+        self.model, self.fps = model, fps
+        self.small = [resize_for(f, model.imgsz) for f in frames]  # what a pixel codec would send
+        self.scored = list(range(0, len(frames), score_every))
         t0 = time.perf_counter()
-        blobs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes() for f in frames]
+        self.feats = model.features(self.small)
+        ref = model.detect([self.feats[i] for i in self.scored])
+        self.full_model_ms = (time.perf_counter() - t0) / len(frames) * 1e3  # rough: edge on all, head on scored
+        self.ref = ref
+        self.classes = eligible_classes(ref)
+        if not self.classes:
+            raise SystemExit("no traffic class has 25 reference instances in the scored frames: use more frames")
+        self.rows: list[dict] = []
+
+    def score(self, family: str, setting: str, sizes: list[int], dets: list[np.ndarray], enc_ms: float,
+              dec_ms: float, **extra) -> dict:
+        m = FrameMatches(self.ref, dets, self.classes)
+        lo, hi = m.bootstrap()
+        r = {"family": family, "setting": setting, "bytes_per_frame": round(float(np.mean(sizes)), 1),
+             "agreement": round(m.ap(), 4), "agreement_ci": [round(lo, 4), round(hi, 4)],
+             "class_agnostic_ap": round(FrameMatches(self.ref, dets, TRAFFIC_CLASSES, class_agnostic=True).ap(), 4),
+             "encode_ms": round(enc_ms, 2), "decode_ms": round(dec_ms, 2), **extra}
+        self.rows.append(r)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+        return r
+
+    def sweep(self, settings: Iterable, measure: Callable[..., dict]) -> None:
+        """Run settings from fewest bytes up; stop once two in a row are saturated."""
+        saturated = 0
+        for s in settings:
+            r = measure(s)
+            saturated = saturated + 1 if r["agreement"] >= SATURATED else 0
+            if saturated >= 2:
+                break
+
+    # -- pixel anchors ---------------------------------------------------------------------------
+
+    def jpeg(self, q: int) -> dict:
+        t0 = time.perf_counter()
+        blobs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes() for f in self.small]
         t1 = time.perf_counter()
-        decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for b in blobs]
+        decoded = [cv2.imdecode(np.frombuffer(blobs[i], np.uint8), cv2.IMREAD_COLOR) for i in self.scored]
         t2 = time.perf_counter()
-        n = len(frames)
-        rows.append(row("jpeg", f"q{q} {label}", sum(map(len, blobs)) / n, ref, model.detect_frames(decoded),
-                        (t1 - t0) / n * 1e3, (t2 - t1) / n * 1e3, family="jpeg", resolution=label))
-    return rows
+        n = len(self.small)
+        return self.score("jpeg", f"q{q}", [len(b) for b in blobs], self.model.detect_frames(decoded),
+                          (t1 - t0) / n * 1e3, (t2 - t1) / len(self.scored) * 1e3)
 
-
-def h264_rows(model: Model, frames, ref, fps: float, label: str, workdir: Path) -> list[dict]:
-    rows = []
-    h, w = frames[0].shape[:2]
-    gop = max(1, round(2 * fps))
-    raw = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
-    for crf in H264_CRFS:
-        out = workdir / f"h264_{label}_{crf}.h264"
+    def ffmpeg(self, family: str, setting: str, codec_args: list[str], workdir: Path) -> dict:
+        """Code the clip as one stream with ffmpeg (2 s GOP), decode it back, score it."""
+        h, w = self.small[0].shape[:2]
+        out = workdir / f"{family}.mkv"
+        raw = b"".join(np.ascontiguousarray(f).tobytes() for f in self.small)
         t0 = time.perf_counter()
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
-                        "-r", f"{fps:.3f}", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-tune",
-                        "zerolatency", "-crf", str(crf), "-g", str(gop), "-pix_fmt", "yuv420p", "-f", "h264",
-                        str(out)], input=raw, check=True)
+                        "-r", f"{self.fps:.3f}", "-i", "-", *codec_args, "-pix_fmt", "yuv420p", str(out)],
+                       input=raw, check=True)
         t1 = time.perf_counter()
+        # the stream's own bytes, without the container: ffprobe sums the packets
+        sizes = [int(s) for s in subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=size", "-of", "csv=p=0",
+             str(out)], capture_output=True, text=True, check=True).stdout.split()]
+        t2 = time.perf_counter()
         dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
                              capture_output=True, check=True).stdout
-        t2 = time.perf_counter()
-        decoded = list(np.frombuffer(dec, np.uint8).reshape(-1, h, w, 3))
-        if len(decoded) != len(frames):
-            raise RuntimeError(f"H.264 round trip returned {len(decoded)} frames for {len(frames)}")
-        n = len(frames)
-        rows.append(row("h264", f"crf{crf} {label}", out.stat().st_size / n, ref, model.detect_frames(decoded),
-                        (t1 - t0) / n * 1e3, (t2 - t1) / n * 1e3, family="h264", resolution=label, gop=gop))
+        t3 = time.perf_counter()
+        decoded = np.frombuffer(dec, np.uint8).reshape(-1, h, w, 3)
+        if len(decoded) != len(self.small) or len(sizes) < len(self.small):
+            raise RuntimeError(f"{family} round trip returned {len(decoded)} frames / {len(sizes)} packets "
+                               f"for {len(self.small)}")
         out.unlink()
-    return rows
+        n = len(self.small)
+        return self.score(family, setting, sizes, self.model.detect_frames([decoded[i] for i in self.scored]),
+                          (t1 - t0) / n * 1e3, (t3 - t2) / n * 1e3, gop=self.gop)
+
+    @property
+    def gop(self) -> int:
+        return max(1, round(2 * self.fps))
+
+    def x26x(self, lib: str, preset: str, crf: int, workdir: Path) -> dict:
+        family = {"libx264": "x264", "libx265": "x265"}[lib] + f"-{preset}"
+        args = ["-c:v", lib, "-preset", preset, "-tune", "zerolatency", "-crf", str(crf), "-g", str(self.gop)]
+        if lib == "libx265":
+            args += ["-x265-params", f"keyint={self.gop}:min-keyint={self.gop}:log-level=none"]
+        return self.ffmpeg(family, f"crf{crf}", args, workdir)
+
+    def av1(self, crf: int, workdir: Path) -> dict:
+        return self.ffmpeg("svt-av1", f"crf{crf}", ["-c:v", "libsvtav1", "-preset", "8", "-crf", str(crf),
+                                                    "-g", str(self.gop), "-svtav1-params", "pred-struct=1"], workdir)
+
+    # -- feature codecs --------------------------------------------------------------------------
+
+    def codec(self, family: str, spec: str, settings: dict, learned_dir: str | None = None) -> dict:
+        enc, dec = make_encoder(spec, **settings), make_decoder(learned_dir=learned_dir)
+        sizes, keys, decoded, enc_t, dec_t = [], [], {}, 0.0, 0.0
+        scored = set(self.scored)
+        for i, f in enumerate(self.feats):
+            t0 = time.perf_counter()
+            out = enc.encode_frame(f)
+            t1 = time.perf_counter()
+            y = dec.decode(out.payload)
+            dec_t += time.perf_counter() - t1
+            enc_t += t1 - t0
+            sizes.append(len(out.payload))
+            keys.append(out.key)
+            if i in scored:
+                decoded[i] = y
+        n = len(self.feats)
+        key_sizes = [s for s, k in zip(sizes, keys) if k]
+        setting = spec + "".join(f" {k}={v}" for k, v in settings.items() if k != "cut")
+        return self.score(family, setting, sizes, self.model.detect([decoded[i] for i in self.scored]),
+                          enc_t / n * 1e3, dec_t / n * 1e3, key_frames=len(key_sizes),
+                          key_frame_bytes=round(float(np.mean(key_sizes)), 1) if key_sizes else None,
+                          max_frame_bytes=max(sizes))
+
+    # -- reference ends --------------------------------------------------------------------------
+
+    def whole_model_on_edge(self) -> dict:
+        """Send only detections (conf >= 0.25; 6 float16 each plus a 4-byte count): the fewest bytes,
+        at the cost of running the whole model on the edge."""
+        dets = [d[d[:, 4] >= REF_CONF] for d in self.ref]
+        sizes = [4 + 12 * len(d) for d in dets]
+        return self.score("edge-whole-model", "detections f16", sizes, dets, self.full_model_ms, 0.0,
+                          note="edge ms: the full model in torch fp32 on this machine")
+
+    def openvino_f32(self) -> dict:
+        """Noise floor: the same features from OpenVINO's f32 edge part (no coding at all)."""
+        import openvino as ov
+
+        from split_infer.export import to_openvino
+
+        names = list(self.feats[0])
+        compiled = ov.Core().compile_model(to_openvino(self.model.edge, self.model.imgsz, names), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32"})
+        feats = []
+        for i in self.scored:
+            res = compiled(self.model.images([self.small[i]]))
+            feats.append({k: np.asarray(res[compiled.output(k)]) for k in names})
+        nbytes = sum(v.nbytes for v in feats[0].values())
+        return self.score("noise-floor", "openvino f32 features", [nbytes], self.model.detect(feats), 0.0, 0.0)
 
 
-def codec_rows(model: Model, feats, ref, spec: str, settings: dict, family: str = "codec", **extra) -> list[dict]:
-    learned_dir = str(Path(spec.split(":", 1)[1]).parent) if spec.startswith("learned:") else None
-    enc, dec = make_encoder(spec, **settings), make_decoder(learned_dir=learned_dir)
-    sizes, enc_t, dec_t, decoded, keys = [], 0.0, 0.0, [], []
-    for f in feats:
-        t0 = time.perf_counter()
-        p = enc.encode(f)
-        t1 = time.perf_counter()
-        decoded.append(dec.decode(p))
-        t2 = time.perf_counter()
-        enc_t, dec_t = enc_t + t1 - t0, dec_t + t2 - t1
-        sizes.append(len(p))
-        keys.append(dec.last_frame.key)
-    n = len(feats)
-    key_sizes = [s for s, k in zip(sizes, keys) if k]
-    setting = spec + "".join(f" {k}={v}" for k, v in settings.items() if k != "cut")
-    return [row(spec.split(":")[0], setting, sum(sizes) / n, ref, model.detect(decoded), enc_t / n * 1e3,
-                dec_t / n * 1e3, family=family, key_frames=len(key_sizes),
-                key_frame_bytes=round(float(np.mean(key_sizes)), 1) if key_sizes else None,
-                max_frame_bytes=max(sizes), **extra)]
+def summarise(rows: list[dict], video_codec_families: list[str]) -> dict:
+    fams: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        fams.setdefault(r["family"], []).append((r["bytes_per_frame"], r["agreement"]))
+    hull = {f: [[round(b, 1), a] for b, a in lower_hull(p)] for f, p in fams.items()}
+    anchors = {"x264": [f for f in fams if f.startswith("x264")], "x265": [f for f in fams if f.startswith("x265")]}
+    all_pairs: dict[str, dict] = {}
+    best: dict[str, tuple] = {}
+    for codec in video_codec_families:
+        for anchor_name, anchor_fams in anchors.items():
+            for a in anchor_fams:
+                pct, interval = bd_rate(fams.get(codec, []), fams[a], BD_BOUNDS)
+                all_pairs[f"{codec} vs {a}"] = {"bd_rate": None if pct is None else round(pct, 1),
+                                                "interval": interval and [round(x, 4) for x in interval]}
+    for anchor_name, anchor_fams in anchors.items():
+        # the codec's figure against the stronger anchor preset: the one that needs fewer bytes
+        cands = [(v["bd_rate"], k, v["interval"]) for k, v in all_pairs.items()
+                 if k.split(" vs ")[1] in anchor_fams and v["bd_rate"] is not None]
+        if cands:
+            worst_anchor = {}
+            for pct, k, iv in cands:
+                codec, a = k.split(" vs ")
+                worst_anchor.setdefault(codec, []).append((pct, a, iv))
+            per_codec = {c: max(v) for c, v in worst_anchor.items()}  # vs the strongest preset
+            c, (pct, a, iv) = min(per_codec.items(), key=lambda kv: kv[1][0])
+            best[anchor_name] = (pct, c, a, iv)
+    bd = {f"codec_vs_{k}": v[0] for k, v in best.items()}
+    bd.update({f"codec_vs_{k}_pair": f"{v[1]} vs {v[2]}" for k, v in best.items()})
+    bd["interval"] = next((v[3] for v in best.values()), None)
+    bd["all"] = all_pairs
+    at = {q: {f: (None if (b := bytes_at(lower_hull(p), float(q))) is None else round(b, 1)) for f, p in fams.items()}
+          for q in ("0.95", "0.97")}
+    return {"hull": hull, "bd_rate": bd, "bytes_at": at}
 
 
-def summarise(rows: list[dict]) -> dict:
-    out: dict = {}
-    for thr in ("0.95", "0.98"):
-        best, cheapest = {}, {}
-        for fam in ("codec", "jpeg", "h264"):
-            fr = [r for r in rows if r["family"] == fam]
-            ok = [r for r in fr if r["agreement_map50"] >= float(thr)]
-            cheapest[fam] = min(ok, key=lambda r: r["bytes_per_frame"]) if ok else None
-            # where none reaches: the family's most faithful row stands in for the ratios
-            best[fam] = cheapest[fam] or (max(fr, key=lambda r: r["agreement_map50"]) if fr else None)
-        ratio = lambda a, b: round(a["bytes_per_frame"] / b["bytes_per_frame"], 3) if a and b else None  # noqa: E731
-        out[thr] = {**{fam: cheapest[fam] and {k: cheapest[fam][k] for k in
-                                                 ("setting", "bytes_per_frame", "agreement_map50")}
-                       for fam in cheapest},
-                    "codec_over_jpeg": ratio(best["codec"], best["jpeg"]),
-                    "codec_over_h264": ratio(best["codec"], best["h264"]),
-                    "reached": {fam: cheapest[fam] is not None for fam in cheapest}}
-    return out
-
-
-def plot(results: list[dict], path: str) -> None:
+def plot(res: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5), squeeze=False)
-    for ax, res in zip(axes[0], results):
-        groups: dict[str, list[dict]] = {}
-        for r in res["rows"]:
-            key = r["family"] if r["family"] == "codec" else f"{r['family']} ({r.get('resolution', '')})"
-            key = r.get("curve", key)
-            groups.setdefault(key, []).append(r)
-        for name, rs in groups.items():
-            rs = sorted(rs, key=lambda r: r["bytes_per_frame"])
-            style = "o" if name.startswith(("codec", "learned")) else "-o"
-            ax.plot([r["bytes_per_frame"] / 1000 for r in rs], [r["agreement_map50"] for r in rs], style,
-                    label=name, ms=4)
-        for thr in (0.95, 0.98):
-            ax.axhline(thr, color="grey", lw=0.6, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlabel("kB per frame (log)")
-        ax.set_ylabel("agreement mAP@0.5 vs unsplit fp32")
-        ax.set_title(f"{Path(res['video']).name}: frames {res['frames'][0]}-{res['frames'][1] - 1}")
-        ax.set_ylim(max(0.0, min(r["agreement_map50"] for r in res["rows"]) - 0.02), 1.005)
-        ax.grid(True, which="both", lw=0.3)
-        ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    fams: dict[str, list[dict]] = {}
+    for r in res["rows"]:
+        fams.setdefault(r["family"], []).append(r)
+    for fam, rs in fams.items():
+        rs = sorted(rs, key=lambda r: r["bytes_per_frame"])
+        x = [r["bytes_per_frame"] / 1000 for r in rs]
+        y = [r["agreement"] for r in rs]
+        err = [[r["agreement"] - r["agreement_ci"][0] for r in rs], [r["agreement_ci"][1] - r["agreement"] for r in rs]]
+        style = "s--" if fam.startswith(("video", "temporal", "q8")) else "o-"
+        ax.errorbar(x, y, yerr=err, fmt=style, ms=3, lw=1, capsize=2, label=fam)
+    for thr in (0.95, 0.97):
+        ax.axhline(thr, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("kB per frame (log)")
+    ax.set_ylabel(f"agreement AP@0.5 vs unsplit fp32 (classes {res['classes']})")
+    f = res["frames"]
+    bd = res["bd_rate"]
+    ax.set_title(f"{Path(f['video']).name}: frames {f['start']}-{f['start'] + f['count'] - 1}; "
+                 f"BD-rate vs x264 {bd.get('codec_vs_x264')}%, vs x265 {bd.get('codec_vs_x265')}%", fontsize=9)
+    ax.set_ylim(0.5, 1.005)
+    ax.grid(True, which="both", lw=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def run_video(args, model: Model, video: str, workdir: Path) -> dict:
-    frames, fps = read_frames(video, args.start, args.frames)
-    h, w = frames[0].shape[:2]
-    t0 = time.perf_counter()
-    feats = model.features(frames)
-    ref = model.detect(feats)
-    ref_ms = (time.perf_counter() - t0) / len(frames) * 1e3
-    res: dict = {"video": video, "frames": [args.start, args.start + len(frames)], "fps": round(fps, 3),
-                 "native": [w, h], "imgsz": list(model.imgsz), "cut": args.cut, "model": args.model,
-                 "reference": {"method": "unsplit fp32", "ms_per_frame": round(ref_ms, 1),
-                               "detections_per_frame": round(float(np.mean(
-                                   [(d[:, 4] >= 0.25).sum() for d in ref])), 2)},
-                 "notes": []}
-    rows = []
-    small = [resize_for(f, model.imgsz) for f in frames]
-    same = small[0].shape == frames[0].shape
-    if same:
-        res["notes"].append(f"native resolution {w}x{h} equals the model's input resolution: "
-                            "the native rows would duplicate the model-resolution rows and are not repeated")
-    if "jpeg" in args.families:
-        rows += jpeg_rows(model, small, ref, "model-res")
-        if not same:
-            rows += jpeg_rows(model, frames, ref, "native")
-    if "h264" in args.families:
-        rows += h264_rows(model, small, ref, fps, "model-res", workdir)
-        if not same:
-            rows += h264_rows(model, frames, ref, fps, "native", workdir)
-    if "codec" in args.families:
-        for spec, settings in CODEC_SETTINGS:
-            rows += codec_rows(model, feats, ref, spec, dict(settings, cut=args.cut), curve="codec (training-free)")
-    trained = []
-    for path in args.learned:
-        from split_infer.codec.learned import LearnedModel
+def machine() -> dict:
+    info = {"processor": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
+        flags = next(ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags"))
+        info["flags"] = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    except (OSError, StopIteration):
+        pass
+    return info
 
-        meta = LearnedModel.load(path).meta
-        train = meta.get("trained_on", {})
-        overlap = 0
-        if Path(train.get("video", "")).name == Path(video).name:
-            lo, hi = train.get("frames", [0, 0])
-            overlap = max(0, min(hi, args.start + len(frames)) - max(lo, args.start))
-        trained.append({"model": path, "trained_on": train, "overlap_with_eval_frames": overlap})
-        for s in LEARNED_SETTINGS:
-            rows += codec_rows(model, feats, ref, f"learned:{path}", s,
-                               curve=f"codec (learned, {Path(path).stem})", trained_on=train,
-                               overlap_with_eval_frames=overlap)
-    res["learned_models"] = trained
-    for prev in args.merge:  # rows measured by an earlier run on the very same frames and reference
-        for v in json.loads(Path(prev).read_text())["videos"]:
-            if Path(v["video"]).name == Path(video).name and v["frames"] == res["frames"]:
-                have = {(r["method"], r["setting"]) for r in rows}
-                rows += [dict(r, merged_from=prev) for r in v["rows"] if (r["method"], r["setting"]) not in have]
-                res["learned_models"] += [m for m in v.get("learned_models", []) if m not in res["learned_models"]]
-                res["notes"].append(f"rows not measured in this run come from {prev} (same frames, same reference)")
-    res["rows"] = rows
-    res["summary"] = summarise(rows)
-    return res
+
+def calibrate_basis(args, work: Path) -> dict:
+    """The operator's per-camera step, with the project's own command, on frames [0, K)."""
+    out = work / f"{Path(args.video).stem}.basis.npz"
+    cmd = [sys.executable, "-m", "split_infer.cli", "codec", "calibrate", "--video", args.video,
+           "--frames", f"0:{args.calibrate}", "--out", str(out), "--model", args.model, "--cut", str(args.cut),
+           "--imgsz", args.imgsz]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    from split_infer.codec.basis import Basis
+
+    meta = Basis.load(out).meta
+    keep = Path(args.json).with_suffix("").as_posix() + ".basis.npz"  # kept beside the results
+    Path(keep).write_bytes(out.read_bytes())
+    return {"model": str(out), "kept_as": keep, **meta["trained_on"], "seconds": round(time.perf_counter() - t0, 1),
+            "command": "split-infer " + " ".join(cmd[3:]), "role": "per-camera calibration on this clip"}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--video", action="append", required=True)
-    ap.add_argument("--frames", type=int, default=150)
-    ap.add_argument("--start", type=int, default=0, help="first frame (e.g. past a learned model's training frames)")
+    ap.add_argument("--video", required=True)
+    ap.add_argument("--calibrate", type=int, default=0, metavar="K",
+                    help="frames [0, K) are the codecs' to calibrate on; evaluation starts at frame K")
+    ap.add_argument("--frames", type=int, default=10**6, help="evaluate at most this many frames (default: to the end)")
+    ap.add_argument("--score-every", type=int, default=1, help="score detections on every N-th evaluated frame")
     ap.add_argument("--model", default="yolov5s")
     ap.add_argument("--cut", type=int, default=4)
     ap.add_argument("--imgsz", default="640x384")
-    ap.add_argument("--learned", action="append", default=[], help="learned codec file(s) to evaluate")
-    ap.add_argument("--families", default="jpeg,h264,codec", help="comma list of jpeg, h264, codec ('' = none)")
-    ap.add_argument("--merge", action="append", default=[],
-                    help="add the rows of an earlier run's JSON on the same video and frames")
+    ap.add_argument("--families", default="ends,jpeg,x264,x265,av1,video,temporal",
+                    help="comma list of ends, jpeg, x264, x265, av1, video, temporal")
+    ap.add_argument("--cross-basis", action="append", default=[],
+                    help="a basis calibrated on another clip (path or shipped name): the cross-camera row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
-    args.families = set(filter(None, args.families.split(",")))
+    fams = set(filter(None, args.families.split(",")))
     model = Model(args.model, args.cut, parse_imgsz(args.imgsz), args.threads)
-    workdir = Path(args.json).resolve().parent
-    results = [run_video(args, model, v, workdir) for v in args.video]
-    out = {"benchmark": "rate_fidelity", "agreement": "mAP@0.5 vs unsplit fp32 detections (person, bicycle, car, "
-           "motorcycle, bus, truck; ref conf 0.25, NMS IoU 0.45, ranked to conf 0.001)", "videos": results,
-           # top-level rows/summary: the first video's, as the issue's schema names them
-           "rows": results[0]["rows"], "summary": results[0]["summary"]}
-    Path(args.json).write_text(json.dumps(out, indent=1))
+    frames, fps = read_frames(args.video, args.calibrate, args.frames)
+    t_start = time.perf_counter()
+    b = Bench(model, frames, fps, args.score_every)
+    video_fams: list[str] = []
+    training: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "ends" in fams:
+            b.whole_model_on_edge()
+            b.openvino_f32()
+            b.codec("lossless-end", "q8-zstd", dict(cut=args.cut))
+        if "video" in fams:
+            variants = [("video-h264", "h264", "veryfast", None)]
+            if args.calibrate:
+                own = calibrate_basis(args, work)
+                training.append(own)
+                variants += [("video-h264+basis", "h264", "veryfast", own["model"]),
+                             ("video-hevc+basis", "hevc", "ultrafast", own["model"])]
+            for path in args.cross_basis:
+                from split_infer.codec.basis import Basis, resolve
+
+                meta = Basis.load(resolve(path)).meta
+                training.append({"model": str(path), **meta.get("trained_on", {}), "command": meta.get("command"),
+                                 "role": "cross-camera: calibrated on another clip"})
+                copy = work / f"cross-{Path(path).name.removesuffix('.basis.npz')}.basis.npz"  # where the decoder looks
+                copy.write_bytes(resolve(path).read_bytes())
+                variants.append(("video-h264+cross-basis", "h264", "veryfast", str(copy)))
+            for fam, inner, preset, basis in variants:
+                video_fams.append(fam)
+                b.sweep(VIDEO_CODEC_CRFS, lambda c, fam=fam, inner=inner, preset=preset, basis=basis: b.codec(
+                    fam, "video", dict(inner=inner, preset=preset, crf=c, key_interval=b.gop, cut=args.cut,
+                                       **({"basis": basis} if basis else {})), learned_dir=str(work)))
+        if "temporal" in fams:
+            video_fams.append("temporal")
+            b.sweep(TEMPORAL_SETTINGS, lambda s: b.codec("temporal", "temporal", dict(s, cut=args.cut)))
+        if "jpeg" in fams:
+            b.sweep(JPEG_QUALITIES, b.jpeg)
+        if "x264" in fams:
+            for preset in ("veryfast", "medium"):
+                b.sweep(X26X_CRFS, lambda c, p=preset: b.x26x("libx264", p, c, work))
+        if "x265" in fams:
+            b.sweep(X26X_CRFS, lambda c: b.x26x("libx265", "medium", c, work))
+        if "av1" in fams:
+            b.sweep(AV1_CRFS, lambda c: b.av1(c, work))
+    rows = b.rows
+    curve_rows = [r for r in rows if r["family"] not in ("edge-whole-model", "noise-floor", "lossless-end")]
+    res = {"benchmark": "rate_fidelity",
+           "frames": {"video": args.video, "start": args.calibrate, "count": len(frames), "scored": len(b.scored),
+                      "score_every": args.score_every, "fps": round(fps, 3)},
+           "classes": list(b.classes), "model": args.model, "cut": args.cut, "imgsz": list(model.imgsz),
+           "agreement": "AP@0.5 vs unsplit fp32 (ref conf 0.25, NMS IoU 0.45, ranked to conf 0.001), classes "
+                        "pooled; agreement_ci: paired 95% bootstrap over scored frames (200 resamples)",
+           "training": training,
+           "machine": {**machine(), "threads": args.threads, "precision": "fp32 (torch) for every detector run"},
+           "wall_s": None, "rows": rows, **summarise(curve_rows, video_fams)}
+    res["wall_s"] = round(time.perf_counter() - t_start, 1)
+    Path(args.json).write_text(json.dumps(res, indent=1))
     if args.plot:
-        plot(results, args.plot)
-    print(json.dumps({"summary": {r["video"]: r["summary"] for r in results}}, indent=1))
+        plot(res, args.plot)
+    print(json.dumps({k: res[k] for k in ("frames", "classes", "bd_rate", "bytes_at")}, indent=1))
     return 0
 
 

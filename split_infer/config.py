@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from split_infer.codec import DEFAULT_CODEC
+
 # Classes that traffic analytics count (COCO names).
 TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 
@@ -88,7 +90,7 @@ class EdgeConfig(Strict):
     token: str | None = None  # shared secret the ingest checks
     model_dir: Path | None = None  # exported edge IR (split-infer export); None = default cache
     device: str = "AUTO"  # OpenVINO device string
-    codec: str = "q8-zstd"
+    codec: str = DEFAULT_CODEC  # split_infer.codec spec; see docs/codec.md
     buffer_frames: int = Field(default=64, ge=1)  # frames kept while the cloud is unreachable
     inflight_frames: int = Field(default=16, ge=1)  # gRPC window
     infer_requests: int = Field(default=2, ge=1)  # OpenVINO async requests in flight across cameras

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from split_infer.codec import DEFAULT_CODEC
 from split_infer.config import EdgeConfig, load_yaml
 
 VEHICLES = {"car", "truck", "bus", "motorcycle", "bicycle"}
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", default="320x192", help="model input WIDTHxHEIGHT (default 320x192)")
     ap.add_argument("--model", default="yolov5s")
     ap.add_argument("--cut", type=int, default=4)
-    ap.add_argument("--codec", default="q8-zstd")
+    ap.add_argument("--codec", default=DEFAULT_CODEC, help="feature codec spec (docs/codec.md)")
     ap.add_argument("--redis-url", help="use this Redis instead of an embedded redis-server")
     ap.add_argument("--duration", type=float, help="stop after S seconds")
     ap.add_argument("--frames", type=int, help="stop after the edge has taken N frames")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from split_infer.codec import DEFAULT_CODEC
 from split_infer.preprocess import parse_imgsz
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -27,7 +28,7 @@ class SplitDetector:
     """Edge extractor (OpenVINO) -> codec -> head, for one stream of frames."""
 
     def __init__(self, model: str = "yolov5s", cut: int = 4, imgsz: tuple[int, int] = (640, 384),
-                 device: str = "AUTO", codec: str | None = "q8-zstd", head_runtime: str = "auto",
+                 device: str = "AUTO", codec: str | None = DEFAULT_CODEC, head_runtime: str = "auto",
                  conf: float = 0.25, iou: float = 0.45, model_dir: str | Path | None = None,
                  precision: str | None = None):
         from split_infer.cloud.head import Head
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cut", type=int, default=4)
     parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
     parser.add_argument("--device", default="AUTO", help="OpenVINO device for the edge part")
-    parser.add_argument("--codec", default="q8-zstd", help="feature codec; 'none' sends raw float32")
+    parser.add_argument("--codec", default=DEFAULT_CODEC, help="feature codec spec (docs/codec.md); 'none' sends raw float32")
     parser.add_argument("--head-runtime", default="auto", choices=["auto", "torch", "openvino"])
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--iou", type=float, default=0.45)

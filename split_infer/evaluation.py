@@ -94,3 +94,76 @@ def f1_score(reference: list[np.ndarray], predicted: list[np.ndarray], classes=T
             hit = _match(pr, gt, iou)
             tp += int(hit.sum()); fp += int((~hit).sum()); fn += len(gt) - int(hit.sum())
     return 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
+
+
+# --- pooled agreement with a confidence interval (the rate-fidelity instrument) -----------------
+
+def eligible_classes(reference: list[np.ndarray], classes=TRAFFIC_CLASSES, min_instances: int = 25,
+                     ref_conf: float = REF_CONF) -> tuple[int, ...]:
+    """The classes with at least `min_instances` reference detections: rarer ones make AP jumpy."""
+    counts = {c: 0 for c in classes}
+    for ref in reference:
+        r = keep_classes(ref, classes)
+        r = r[r[:, 4] >= ref_conf]
+        for c in classes:
+            counts[c] += int((r[:, 5].astype(int) == c).sum())
+    return tuple(c for c in classes if counts[c] >= min_instances)
+
+
+class FrameMatches:
+    """Per-frame matching results, so that AP over any resampling of frames is a cheap pooling.
+
+    scores[i] and hits[i]: frame i's predictions (of the classes) and whether each matched an
+    unmatched reference box; n_gt[i]: its reference boxes. `class_agnostic` matches boxes of any
+    of the classes to each other (the class label is ignored)."""
+
+    def __init__(self, reference: list[np.ndarray], predicted: list[np.ndarray], classes: tuple[int, ...],
+                 class_agnostic: bool = False, ref_conf: float = REF_CONF, iou: float = MATCH_IOU) -> None:
+        if len(reference) != len(predicted):
+            raise ValueError("reference and predicted need one entry per frame")
+        groups = [tuple(classes)] if class_agnostic else [(c,) for c in classes]
+        self.scores, self.hits, self.n_gt = [], [], np.zeros(len(reference), np.int64)
+        for i, (ref, pred) in enumerate(zip(reference, predicted)):
+            s, h = [], []
+            for g in groups:
+                gt = keep_classes(ref, g)
+                gt = gt[gt[:, 4] >= ref_conf]
+                pr = keep_classes(pred, g)
+                self.n_gt[i] += len(gt)
+                s.append(pr[:, 4])
+                h.append(_match(pr, gt, iou))
+            self.scores.append(np.concatenate(s) if s else np.zeros(0, np.float32))
+            self.hits.append(np.concatenate(h) if h else np.zeros(0, bool))
+
+    def ap(self, frames: np.ndarray | None = None) -> float:
+        """Pooled AP over `frames` (indices, repeats allowed; default all)."""
+        idx = np.arange(len(self.n_gt)) if frames is None else frames
+        n_gt = int(self.n_gt[idx].sum())
+        if n_gt == 0:
+            return float("nan")
+        s = np.concatenate([self.scores[i] for i in idx])
+        h = np.concatenate([self.hits[i] for i in idx])
+        if not len(s):
+            return 0.0
+        order = np.argsort(-s, kind="stable")
+        tp = np.cumsum(h[order])
+        fp = np.cumsum(~h[order])
+        return average_precision(tp / n_gt, tp / np.maximum(tp + fp, 1))
+
+    def bootstrap(self, resamples: int = 200, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+        """Percentile interval of the pooled AP over frames resampled with replacement. The same
+        seed gives every method the same resamples (paired), so intervals are comparable."""
+        rng = np.random.default_rng(seed)
+        n = len(self.n_gt)
+        aps = np.array([self.ap(rng.integers(0, n, n)) for _ in range(resamples)])
+        aps = aps[np.isfinite(aps)]
+        if not len(aps):
+            return float("nan"), float("nan")
+        a = (1 - level) / 2
+        return float(np.quantile(aps, a)), float(np.quantile(aps, 1 - a))
+
+
+def pooled_agreement(reference: list[np.ndarray], predicted: list[np.ndarray], classes: tuple[int, ...]) -> float:
+    """AP@0.5 of `predicted` against `reference`, all `classes` pooled into one ranking (class-aware
+    matching): each reference box weighs the same, so a rare class cannot swing the figure."""
+    return FrameMatches(reference, predicted, classes).ap()

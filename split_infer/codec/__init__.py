@@ -14,12 +14,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from split_infer.codec import learned, video  # noqa: F401  (they register their frame decoders)
+from split_infer.codec import basis, learned, video  # noqa: F401  (learned, video register frame decoders)
 from split_infer.codec.codecs import Decoder, EncodedFrame, Encoder, QuantEncoder, TemporalEncoder
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import Limits
 
-__all__ = ["CodecError", "Decoder", "EncodedFrame", "Encoder", "Limits", "make_decoder", "make_encoder",
+# What the edge sends unless told otherwise: the best codec measured (docs/bandwidth.md), with the
+# channel reduction calibrated on the street clip for YOLOv5s at cut 4.
+DEFAULT_CODEC = "video:yolov5s-cut4-street"
+
+__all__ = ["DEFAULT_CODEC", "CodecError", "Decoder", "EncodedFrame", "Encoder", "Limits", "make_decoder", "make_encoder",
            "register_encoder", "encoder_specs"]
 
 # (pattern, builder, help): the first pattern that fully matches a spec builds its encoder
@@ -62,13 +66,16 @@ def _adaptive(m: re.Match, **kw) -> Encoder:
     return AdaptiveEncoder(**kw)
 
 
-@register_encoder(r"video(?:-(h264|hevc))?(?:-crf(\d+(?:\.\d+)?))?",
-                  "video[-h264|-hevc][-crf<N>]: normalised feature mosaic through x264/x265 (default)")
+@register_encoder(r"video(?:-(h264|hevc))?(?:-crf(\d+(?:\.\d+)?))?(?::(.+))?",
+                  "video[-h264|-hevc][-crf<N>][:<basis>]: normalised feature mosaic through x264/x265, after "
+                  "a channel reduction (a .basis.npz path, or the name of a shipped one)")
 def _video(m: re.Match, **kw) -> Encoder:
     if m.group(1):
         kw.setdefault("inner", m.group(1))
     if m.group(2):
         kw.setdefault("crf", float(m.group(2)))
+    if m.group(3):
+        kw.setdefault("basis", basis.resolve(m.group(3)))
     return video.VideoEncoder(**kw)
 
 

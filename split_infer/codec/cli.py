@@ -2,6 +2,7 @@
 
     split-infer codec train --video street.mp4 --frames 0:367 --out models/street.npz
     split-infer codec train --video cam7.mp4 --init models/street.npz --steps 150 --out models/cam7.npz
+    split-infer codec calibrate --video cam7.mp4 --frames 0:250 --out models/cam7.basis.npz
     split-infer codec info models/street.npz
 """
 
@@ -38,17 +39,37 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--imgsz", default="640x384")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--max-minutes", type=float, default=60.0)
+    c = sub.add_parser("calibrate", help="fit the video codec's channel reduction to a camera's footage (seconds)")
+    c.add_argument("--video", required=True)
+    c.add_argument("--out", required=True, help="basis file to write (NAME.basis.npz)")
+    c.add_argument("--frames", type=_span, default=(0, None), help="frame range A:B to calibrate on (default: all)")
+    c.add_argument("--every", type=int, default=2, help="use every N-th frame")
+    c.add_argument("--components", type=int, default=64, help="channels kept (of 128 at cut 4)")
+    c.add_argument("--metric", choices=("consumer", "identity"), default="consumer",
+                   help="consumer: error measured at the head's convolutions; identity: plain PCA")
+    c.add_argument("--model", default="yolov5s")
+    c.add_argument("--cut", type=int, default=4)
+    c.add_argument("--imgsz", default="640x384")
     i = sub.add_parser("info", help="print a model file's metadata")
     i.add_argument("path")
     args = ap.parse_args(argv)
     if args.cmd == "info":
-        from split_infer.codec.learned import LearnedModel
-
-        m = LearnedModel.load(args.path)
+        if args.path.endswith(".basis.npz"):
+            from split_infer.codec.basis import Basis as Model
+        else:
+            from split_infer.codec.learned import LearnedModel as Model
+        m = Model.load(args.path)
         print(json.dumps({"id": m.model_id, **m.meta}, indent=1))
         return 0
-    from split_infer.codec.train import train
     from split_infer.preprocess import parse_imgsz
+
+    if args.cmd == "calibrate":
+        from split_infer.codec.calibrate import calibrate
+
+        calibrate(args.video, args.out, frames=args.frames, every=args.every, components=args.components,
+                  metric=args.metric, model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz))
+        return 0
+    from split_infer.codec.train import train
 
     train(args.video, args.out, frames=args.frames, every=args.every, steps=args.steps,
           pretrain_steps=args.pretrain_steps, channels=args.channels, batch=args.batch,

@@ -146,6 +146,8 @@ def model_for(decoder: Decoder, model_id: str) -> LearnedModel:
         if decoder.learned_dir is None:
             raise CodecError(f"learned codec frame (model {model_id!r}) but this decoder has no learned_dir")
         for path in sorted(Path(decoder.learned_dir).glob("*.npz")):
+            if path.name.endswith(".basis.npz"):  # the video codec's channel reductions share the folder
+                continue
             m = LearnedModel.load(path)
             models.setdefault(m.model_id, m)
         if model_id not in models:

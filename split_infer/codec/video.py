@@ -19,10 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
+from split_infer.codec import basis as bases
 from split_infer.codec import quant
+from split_infer.codec.basis import Basis
 from split_infer.codec.codecs import Decoder, Encoder, register_frame_decoder
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import Frame, Q_VIDEO, TensorRecord
@@ -113,10 +116,14 @@ def _encoder_context(inner: str, mosaic: Mosaic, crf: float, preset: str, key_in
 def _picture(av, luma: np.ndarray):
     h, w = luma.shape
     frame = av.VideoFrame(w, h, "yuv420p")
-    frame.planes[0].update(luma)  # written as is: no range conversion (a grey path that maps 0-255
-    chroma = np.full((h // 2) * (w // 2), MID, np.uint8)  # to 16-235 would cost fidelity for nothing)
-    frame.planes[1].update(chroma)
-    frame.planes[2].update(chroma)
+    # Planes are written as is: no range conversion (a grey path that maps 0-255 to 16-235 costs
+    # fidelity for nothing). Rows may be padded to an aligned line size.
+    y = frame.planes[0]
+    rows = np.full((h, y.line_size), MID, np.uint8)
+    rows[:, :w] = luma
+    y.update(rows)
+    for chroma in frame.planes[1:]:
+        chroma.update(np.full(chroma.line_size * chroma.height, MID, np.uint8))
     return frame
 
 
@@ -155,14 +162,19 @@ class VideoEncoder(Encoder):
 
     inner: "h264" or "hevc"; crf: the inner codec's constant rate factor (higher = fewer bytes);
     preset: its speed preset; clip: codes span mean +/- clip * s per channel (see `key_scales`);
-    balance: 1 = z-score per channel, 0 = one step for all; key_interval: frames per key frame;
-    threads: the inner encoder's threads (1: the edge budget is per core)."""
+    balance: 1 = z-score per channel, 0 = one step for all (default 0 with a basis, else 0.5);
+    key_interval: frames per key frame; threads: the inner encoder's threads (1: the edge budget is
+    per core); basis: a channel reduction file (`split-infer codec calibrate`) applied first."""
 
     codec = "video"
 
     def __init__(self, inner: str = "h264", crf: float = 30, preset: str = "veryfast", clip: float = 8.0,
-                 balance: float = 0.5, key_interval: int = 30, threads: int = 1, **kw) -> None:
+                 balance: float | None = None, key_interval: int = 30, threads: int = 1,
+                 basis: str | Path | None = None, **kw) -> None:
         super().__init__(**kw)
+        self.basis = Basis.load(basis) if basis is not None else None
+        if balance is None:  # a basis' components are in one metric already: one step for all
+            balance = 0.0 if self.basis is not None else 0.5
         if inner not in INNER:
             raise ValueError(f"inner codec must be one of {sorted(INNER)}, got {inner!r}")
         if not 0 <= crf <= 51 or clip <= 0 or not 0 <= balance <= 1 or key_interval < 1 or threads < 1:
@@ -175,9 +187,21 @@ class VideoEncoder(Encoder):
     @property
     def params(self) -> dict:
         cols = {name: st.mosaic.cols for name, st in self._streams.items()}
-        return {"inner": self.inner, "crf": self.crf, "cols": max(cols.values(), default=0)}
+        out = {"inner": self.inner, "crf": self.crf, "cols": max(cols.values(), default=0)}
+        if self.basis is not None:
+            out["basis"] = self.basis.model_id
+        return out
+
+    def _reduce(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.basis is None:
+            return tensors
+        if set(tensors) != {self.basis.tensor}:
+            raise CodecError(f"basis {self.basis.model_id} reduces exactly the tensor {self.basis.tensor!r}, "
+                             f"got {sorted(tensors)}")
+        return {name: self.basis.encode(x) for name, x in tensors.items()}
 
     def _wants_key(self, tensors) -> bool:
+        tensors = self._reduce(tensors)
         if self._since_key >= self.key_interval or set(tensors) != set(self._streams):
             return True
         return any(Mosaic.for_shape(x.shape, self._streams[n].mosaic.cols) != self._streams[n].mosaic
@@ -187,6 +211,7 @@ class VideoEncoder(Encoder):
         self._since_key = 1 if key else self._since_key + 1
 
     def _encode(self, tensors, key):
+        tensors = self._reduce(tensors)
         if key:
             if len(tensors) > 1 and len({Mosaic.for_shape(x.shape).cols for x in tensors.values()}) > 1:
                 raise CodecError("the video codec sends tensors of one layout per frame (one `cols`)")
@@ -255,4 +280,15 @@ class VideoFrameDecoder:
                 raise CodecError(f"tensor {t.name}: picture {luma.shape} does not match the mosaic")
             codes = st.mosaic.unpack(luma)[None]
             out[t.name] = quant.dequantise(codes, st.scale, st.offset, t.dtype)
+        if "basis" in frame.params:
+            basis = self._basis(str(frame.params["basis"]), decoder)
+            out = {name: basis.decode(y) for name, y in out.items()}
         return out
+
+    @staticmethod
+    def _basis(model_id: str, decoder: Decoder) -> Basis:
+        found: dict[str, Basis] = decoder.cache.setdefault("bases", {})
+        if model_id not in found:
+            dirs = ([Path(decoder.learned_dir)] if decoder.learned_dir else []) + [bases.SHIPPED_DIR]
+            found[model_id] = bases.find(model_id, dirs)
+        return found[model_id]

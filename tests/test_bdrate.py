@@ -1,0 +1,62 @@
+"""Bjøntegaard delta rate and the pooled agreement with its bootstrap interval: hand-checked cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from split_infer.bdrate import bd_rate, bytes_at, lower_hull
+from split_infer.evaluation import FrameMatches, eligible_classes, pooled_agreement
+
+CURVE = [(1000.0, 0.70), (2000.0, 0.85), (4000.0, 0.93), (8000.0, 0.97), (16000.0, 0.99)]
+
+
+def test_half_the_bytes_everywhere_is_minus_fifty_percent() -> None:
+    half = [(b / 2, q) for b, q in CURVE]
+    pct, interval = bd_rate(half, CURVE)
+    assert pct == pytest.approx(-50.0, abs=1e-6) and interval == pytest.approx((0.80, 0.99))
+    assert bd_rate(CURVE, half)[0] == pytest.approx(100.0, abs=1e-6)
+    assert bd_rate(CURVE, CURVE)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_hull_drops_dominated_and_non_convex_settings() -> None:
+    noisy = CURVE + [(9000.0, 0.95), (3000.0, 0.80), (5000.0, 0.96)]  # (9000, .95) is beaten by (8000, .97)
+    hull = lower_hull(noisy)
+    assert (9000.0, 0.95) not in hull and hull == sorted(hull, key=lambda p: p[1])
+    assert all(b1 < b2 for (b1, _), (b2, _) in zip(hull, hull[1:]))
+    # the hull is at or below every setting's log bytes, at that setting's quality
+    for b, q in noisy:
+        at = bytes_at(hull, q)
+        assert at is None or at <= b * (1 + 1e-9)
+
+
+def test_no_shared_interval_gives_no_figure() -> None:
+    low = [(100.0, 0.5), (200.0, 0.6)]
+    assert bd_rate(low, CURVE) == (None, None)
+    assert bytes_at(lower_hull(CURVE), 0.995) is None and bytes_at(lower_hull(CURVE), 0.5) is None
+    assert bytes_at(lower_hull(CURVE), 0.97) == pytest.approx(8000.0)
+
+
+def box(x, s, c):
+    return [x, 0, x + 10, 10, s, c]
+
+
+def test_pooled_agreement_weighs_each_reference_box_equally() -> None:
+    # 30 frames, each with 3 cars and (in the first 5 frames) one bus; the prediction misses the buses
+    ref = [np.array([box(0, .9, 2), box(20, .9, 2), box(40, .9, 2)] + ([box(60, .9, 5)] if i < 5 else []),
+                    np.float32) for i in range(30)]
+    pred = [r[r[:, 5] == 2] for r in ref]
+    assert eligible_classes(ref) == (2,)  # 5 buses are too few to judge a class by
+    pooled = pooled_agreement(ref, pred, (2, 5))
+    assert pooled == pytest.approx(90 / 95)  # per-class mean would say (1 + 0) / 2
+    m = FrameMatches(ref, pred, (2, 5))
+    lo, hi = m.bootstrap(resamples=300)
+    assert lo < pooled < hi <= 1.0 and hi - lo < 0.1
+    assert FrameMatches(ref, ref, (2, 5)).bootstrap(50) == (1.0, 1.0)
+
+
+def test_class_agnostic_matching_ignores_the_label() -> None:
+    ref = [np.array([box(0, .9, 2)], np.float32)]
+    pred = [np.array([box(0, .8, 7)], np.float32)]  # a car called a truck
+    assert FrameMatches(ref, pred, (2, 7)).ap() == 0.0
+    assert FrameMatches(ref, pred, (2, 7), class_agnostic=True).ap() == pytest.approx(1.0)
