@@ -38,7 +38,7 @@ from split_infer.codec import make_decoder, make_encoder  # noqa: E402
 from split_infer.evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402,E501
 from split_infer.export import video_frames  # noqa: E402
 from split_infer.postprocess import non_max_suppression  # noqa: E402
-from split_infer.preprocess import letterbox, parse_imgsz  # noqa: E402
+from split_infer.preprocess import content, letterbox, parse_imgsz  # noqa: E402
 
 SATURATED = 0.995  # a sweep stops after two settings at or above this agreement
 BD_BOUNDS = (0.80, 0.99)
@@ -103,20 +103,12 @@ class Model:
         return self.detect(self.features(frames_bgr))
 
 
-def resize_for(frame: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
-    """The letterbox's content size: the frame as the model sees it, before padding."""
-    h, w = frame.shape[:2]
-    s = min(imgsz[0] / w, imgsz[1] / h)
-    size = (round(w * s), round(h * s))
-    return frame if size == (w, h) else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-
-
 class Bench:
     """One clip's evaluation: the frames, the reference detections, and the rows measured so far."""
 
     def __init__(self, model: Model, frames: list[np.ndarray], fps: float, score_every: int) -> None:
         self.model, self.fps = model, fps
-        self.small = [resize_for(f, model.imgsz) for f in frames]  # what a pixel codec would send
+        self.small = [content(f, model.imgsz) for f in frames]  # what a pixel codec would send
         self.scored = list(range(0, len(frames), score_every))
         t0 = time.perf_counter()
         self.feats = model.features(self.small)

@@ -91,6 +91,9 @@ class EdgeConfig(Strict):
     model_dir: Path | None = None  # exported edge IR (split-infer export); None = default cache
     device: str = "AUTO"  # OpenVINO device string
     codec: str = DEFAULT_CODEC  # split_infer.codec spec; see docs/codec.md
+    # Also code each frame with x264 at this CRF and report its bytes (split_infer/edge/anchor.py):
+    # what the camera's own stream would cost. CPU-costly; None = off.
+    anchor_x264_crf: int | None = Field(default=None, ge=0, le=51)
     buffer_frames: int = Field(default=64, ge=1)  # frames kept while the cloud is unreachable
     inflight_frames: int = Field(default=16, ge=1)  # gRPC window
     infer_requests: int = Field(default=2, ge=1)  # OpenVINO async requests in flight across cameras

@@ -33,6 +33,8 @@ from split_infer.codec import DEFAULT_CODEC
 from split_infer.config import EdgeConfig, load_yaml
 
 VEHICLES = {"car", "truck", "bus", "motorcycle", "bicycle"}
+# x264's CRF with about the default codec's agreement on both held-out clips (docs/bandwidth.md)
+ANCHOR_CRF = 23
 WINDOW_S = 5.0
 
 
@@ -215,6 +217,7 @@ class Board:
                 "state": e.get("capture", {}).get("state", "?"),
                 "fps": len(lat) / WINDOW_S,
                 "bytes_per_frame": e.get("bytes_per_frame"),
+                "x264_bytes_per_frame": (e.get("x264_bytes_per_frame") or {}).get("bytes"),
                 "latency_ms": statistics.median(lat) * 1000 if lat else None,
                 "vehicles": None if now is None else f"{now} / {self.vehicles_max[cam]}",
                 "frames": self.frames[cam],
@@ -228,12 +231,14 @@ def render(rows: list[dict], title: str):
 
     t = Table(title=title, title_justify="left")
     for col, just in (("camera", "left"), ("state", "left"), ("fps", "right"), ("bytes/frame", "right"),
+                      ("x264 same agreement", "right"),
                       ("latency p50", "right"), ("vehicles now/max", "right"), ("frames", "right"),
                       ("skipped", "right")):
         t.add_column(col, justify=just)
     for row in rows:
         t.add_row(row["camera"], row["state"], f"{row['fps']:.1f}",
                   f"{row['bytes_per_frame']:,.0f}" if row["bytes_per_frame"] else "-",
+                  f"{row['x264_bytes_per_frame']:,.0f}" if row.get("x264_bytes_per_frame") else "-",
                   f"{row['latency_ms']:.0f} ms" if row["latency_ms"] is not None else "-",
                   row["vehicles"] or "-", str(row["frames"]), str(row["dropped"]))
     return t
@@ -249,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="yolov5s")
     ap.add_argument("--cut", type=int, default=4)
     ap.add_argument("--codec", default=DEFAULT_CODEC, help="feature codec spec (docs/codec.md)")
+    ap.add_argument("--x264-crf", type=int, default=ANCHOR_CRF,
+                    help="beside each camera's bytes, what x264 at this CRF spends on the same frames (the CRF at "
+                         "which x264 agrees with the reference as the default codec does: docs/bandwidth.md)")
     ap.add_argument("--redis-url", help="use this Redis instead of an embedded redis-server")
     ap.add_argument("--duration", type=float, help="stop after S seconds")
     ap.add_argument("--frames", type=int, help="stop after the edge has taken N frames")
@@ -290,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         cloud = {"redis_url": redis_url, "listen": f"127.0.0.1:{port}", "model": model, "latency_slo_ms": args.slo_ms,
                  "cameras": cams, "worker": {"head_threads": 1}}
         edge = {"cloud": f"127.0.0.1:{port}", "model": model, "model_dir": str(model_dir), "codec": args.codec,
-                "cameras": cams, "threads": 1}
+                "cameras": cams, "threads": 1, "anchor_x264_crf": args.x264_crf}
         (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
         (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
         py = [sys.executable, "-m", "split_infer"]
@@ -369,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                    "cloud_dropped": int(r.xlen("si:dropped")) + int(r.xlen("si:deadletter")),
                    "fps": round(recorded / elapsed, 2) if elapsed else 0.0,
                    "bytes_per_frame": round(sum(c.get("payload_bytes", 0) for c in es.get("cameras", {}).values())
-                                            / max(1, acked)), "source": origin})
+                                            / max(1, acked)), "source": origin, "codec": args.codec})
+        anchors = [c["x264_bytes_per_frame"]["bytes"] for c in es.get("cameras", {}).values() if c.get("x264_bytes_per_frame")]
+        if anchors:
+            summary["x264"] = {"crf": args.x264_crf, "bytes_per_frame": round(statistics.mean(anchors))}
         console.print_json(json.dumps(summary))
         return 0
     except Interrupted:

@@ -56,6 +56,15 @@ def letterbox(frame_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray,
     return np.ascontiguousarray(chw, dtype=np.float32) / 255.0, lb
 
 
+def content(frame_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The frame at the letterbox's content size, before padding: what a pixel codec would send
+    for this model (its letterbox is then a pure pad)."""
+    h, w = frame_bgr.shape[:2]
+    lb = Letterbox.fit(w, h, *size)
+    new = (round(w * lb.scale), round(h * lb.scale))
+    return frame_bgr if new == (w, h) else cv2.resize(frame_bgr, new, interpolation=cv2.INTER_AREA)
+
+
 def parse_imgsz(text: str) -> tuple[int, int]:
     """'640x384' or '640' -> (width, height), multiples of 32."""
     parts = text.lower().split("x")

@@ -330,3 +330,36 @@ def test_learned_codec_frames_are_reconstructed_at_the_ingest_and_queued_for_any
         got = make_decoder().decode(fields[b"payload"])["x4"]  # a worker without the models
         assert got.shape == want.shape == SHAPES["x4"]
         assert np.abs(got - want).max() <= (want.max() - want.min()) / 255 + 1e-5
+
+
+def test_video_codec_frames_are_decoded_at_the_ingest_and_queued_self_contained(r, tmp_path):
+    # a reduction of the 16 test channels to 6, in the ingest's model folder (not shipped)
+    from split_infer.codec.basis import from_features
+
+    rng = np.random.default_rng(4)
+    calib = np.concatenate([features(100 + i)["x4"] for i in range(4)])
+    models = tmp_path / "codec-models"
+    basis = from_features(calib, np.eye(calib.shape[1]), 6, {"tensor": "x4"})
+    basis.save(models / "cam.basis.npz")
+    enc = make_encoder("video", basis=str(models / "cam.basis.npz"), key_interval=3, crf=0)
+    base = features(0)["x4"]
+    clip = [{"x4": base + 0.05 * rng.standard_normal(base.shape).astype(np.float32)} for _ in range(5)]
+    payloads = [enc.encode_frame(f) for f in clip]
+    assert [p.key for p in payloads] == [True, False, False, True, False]
+    with IngestThread(cloud_cfg()) as ing:  # without the folder the basis is unknown: refused, nothing queued
+        with pytest.raises(grpc.RpcError) as err:
+            stub(ing.address).Send(frame("cam-a", 0, payload=payloads[0].payload))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "basis" in err.value.details()
+        assert queued(r, "cam-a") == []
+    with IngestThread(cloud_cfg(ingest={"codec_models": str(models)})) as ing:
+        s = stub(ing.address)
+        acks = [s.Send(frame("cam-b", i, payload=p.payload)) for i, p in enumerate(payloads)]
+        assert all(a.status == pb.Ack.OK for a in acks), [a.error for a in acks]
+    edge_view = make_decoder(learned_dir=str(models))
+    entries = r.xrange(keys.frames_stream("cam-b"))
+    assert len(entries) == len(payloads)
+    for p, (_, fields) in zip(payloads, entries):
+        want = edge_view.decode(p.payload)["x4"]
+        got = make_decoder().decode(fields[b"payload"])["x4"]  # a worker: no basis, no PyAV state
+        assert got.shape == want.shape == SHAPES["x4"]
+        assert np.abs(got - want).max() <= (want.max() - want.min()) / 255 + 1e-5

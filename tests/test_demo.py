@@ -12,6 +12,8 @@ from pathlib import Path
 
 from media import street_video
 
+from split_infer.codec import DEFAULT_CODEC
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +43,7 @@ def demo(workdir: Path, *extra: str) -> subprocess.Popen:
 
 
 def summary_of(output: str) -> dict:
-    start = output.rindex("{\n")
+    start = output.rindex("\n{\n") + 1  # the summary object starts at a line's beginning
     return json.loads(output[start:output.index("\n}", start) + 2])
 
 
@@ -57,6 +59,7 @@ def test_bounded_demo_run_accounts_for_every_frame_and_leaves_nothing(tmp_path):
     s = summary_of(out)
     assert s["frames_acked"] == 20 and s["detection_records"] + s["cloud_dropped"] == 20, s
     assert s["detection_records"] > 0 and s["bytes_per_frame"] > 0
+    assert s["codec"] == DEFAULT_CODEC and s["x264"]["bytes_per_frame"] > 0  # the default codec, beside x264
     assert "cam0" in out and "cam1" in out  # the final table
     assert not leftovers(str(work)), leftovers(str(work))
 

@@ -34,9 +34,10 @@ import numpy as np
 from split_infer import metrics
 from split_infer.codec import make_encoder
 from split_infer.config import CameraConfig, EdgeConfig, load_yaml
+from split_infer.edge.anchor import X264Anchor
 from split_infer.edge.capture import Capture, CameraState, Frame
 from split_infer.edge.outbox import Item, Outbox
-from split_infer.preprocess import letterbox
+from split_infer.preprocess import content, letterbox
 from split_infer.proto import pb, pb_grpc
 
 log = logging.getLogger("split_infer.edge")
@@ -105,6 +106,8 @@ class EdgeNode:
         self.cams = {c.id: CameraCounters() for c in cfg.cameras}
         self.camera_cfg: dict[str, CameraConfig] = {c.id: c for c in cfg.cameras}
         self.encoders = {c.id: make_encoder(cfg.codec, cut=cut) for c in cfg.cameras}
+        self.anchors = ({c.id: X264Anchor(cfg.anchor_x264_crf, c.fps or 10.0) for c in cfg.cameras}
+                        if cfg.anchor_x264_crf is not None else {})
         self.outbox = Outbox(cfg.buffer_frames, cfg.inflight_frames)
         self.max_frames = max_frames
         self.drain_timeout_s = drain_timeout_s
@@ -137,6 +140,8 @@ class EdgeNode:
             payload = encoded.payload
             encode_ms = (time.perf_counter() - t0) * 1000.0
             snapshot = self._maybe_snapshot(cam, frame)
+            if cam in self.anchors:
+                self.anchors[cam].add(content(frame.image, self.imgsz))
             h, w = frame.image.shape[:2]
             with self._lock:
                 c = self.cams[cam]
@@ -384,6 +389,9 @@ class EdgeNode:
                 d = {k: v for k, v in c.__dict__.items() if k not in ("stage_ms", "last_snapshot", "pending_dropped")}
                 d["stage_ms"] = {k: round(v, 3) for k, v in c.stage_ms.items()}
             d["bytes_per_frame"] = round(c.payload_bytes / c.acked, 1) if c.acked else None
+            anchor = self.anchors.get(cid)
+            if anchor is not None and anchor.bytes_per_frame is not None:
+                d["x264_bytes_per_frame"] = {"crf": anchor.crf, "bytes": round(anchor.bytes_per_frame, 1)}
             d["capture"] = s
             metrics.EDGE_CAMERA_UP.labels(cid).set(int(s["state"] == CameraState.ONLINE.value))
             cams[cid] = d
