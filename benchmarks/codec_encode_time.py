@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from split_infer.codec import make_decoder, make_encoder  # noqa: E402
+from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     frames, _ = read_frames(args.video, args.start, args.frames)
     feats = Model("yolov5s", 4, (640, 384), 1).features(frames)
-    specs = [("q8-zstd", {}), ("temporal", dict(bits=5, deadzone=2)), ("temporal", dict(bits=8, deadzone=1))]
+    specs = [(DEFAULT_CODEC, dict(crf=30)), ("video", dict(crf=30)), (DEFAULT_CODEC, dict(crf=30, inner="hevc",
+                                                                                           preset="ultrafast")),
+             ("q8-zstd", {}), ("temporal", dict(bits=5, deadzone=2)), ("temporal", dict(bits=8, deadzone=1))]
     specs += [(f"learned:{p}", dict(step=s, deadzone=2)) for p in args.learned for s in (1.0, 2.0)]
     rows = []
     for spec, kw in specs:
@@ -45,15 +47,21 @@ def main(argv: list[str] | None = None) -> int:
         enc, dec = make_encoder(spec, **kw), make_decoder(learned_dir=learned_dir)
         te, td = [], []
         for f in feats:
-            t0 = time.perf_counter(); p = enc.encode(f); t1 = time.perf_counter()
-            dec.decode(p); t2 = time.perf_counter()
+            t0 = time.perf_counter()
+            p = enc.encode(f)
+            t1 = time.perf_counter()
+            dec.decode(p)
+            t2 = time.perf_counter()
             te.append(t1 - t0); td.append(t2 - t1)
         rows.append({"setting": spec + "".join(f" {k}={v}" for k, v in kw.items()),
                      "encode_ms_median": round(float(np.median(te)) * 1e3, 2),
                      "encode_ms_min": round(float(np.min(te)) * 1e3, 2),
                      "decode_ms_median": round(float(np.median(td)) * 1e3, 2)})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    print(json.dumps({"benchmark": "codec_encode_time", "threads": 1, "frames": len(feats), "rows": rows}, indent=1))
+    from rate_fidelity import machine
+
+    print(json.dumps({"benchmark": "codec_encode_time", "threads": 1, "frames": len(feats), "start": args.start,
+                      "video": args.video, "machine": machine(), "rows": rows}, indent=1))
     return 0
 
 
