@@ -117,12 +117,45 @@ class EdgeWithBottleneck:
         return Module().eval(), learned
 
 
+class EdgeWithBasis:
+    """The edge part followed by the video codec's channel reduction (`split-infer codec calibrate`):
+    a 1x1 convolution, so OpenVINO runs it beside the extractor and the codec gets the reduced
+    tensor (same name, k channels) and only packs and codes it."""
+
+    @staticmethod
+    def build(edge, basis_path: str | Path):
+        import torch
+
+        from split_infer.codec.basis import Basis
+
+        basis = Basis.load(basis_path)
+        if basis.tensor not in edge.output_names or len(edge.output_names) != 1:
+            raise ValueError(f"basis {basis_path} reduces {basis.tensor!r}; this cut sends {edge.output_names}")
+        proj = torch.nn.Conv2d(basis.channels, basis.components, 1)
+        with torch.no_grad():
+            proj.weight.copy_(torch.from_numpy(basis.encode_matrix)[:, :, None, None])
+            proj.bias.copy_(torch.from_numpy(-basis.encode_matrix @ basis.mean))
+
+        class Module(torch.nn.Module):
+            output_names = [basis.tensor]
+
+            def __init__(self):
+                super().__init__()
+                self.edge, self.proj = edge, proj
+
+            def forward(self, x):
+                return {basis.tensor: self.proj(self.edge(x)[basis.tensor])}
+
+        return Module().eval(), basis
+
+
 def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path | None = None,
                 int8: bool = False, calibration: str | Path | None = None, calibration_frames: int = 120,
                 codec_model: str | Path | None = None) -> Path:
     """Write the edge IR and its metadata; returns the output directory.
 
-    With `codec_model`, the IR ends in that learned codec's encoder and outputs its latent."""
+    With `codec_model`, the IR ends in that learned codec's encoder and outputs its latent, or (a
+    .basis.npz) in the video codec's channel reduction and outputs the reduced tensor."""
     import openvino as ov
     import torch
 
@@ -135,7 +168,8 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
     edge, _ = partition(model, cut)
     learned = None
     if codec_model:
-        edge, learned = EdgeWithBottleneck.build(edge, codec_model)
+        wrap = EdgeWithBasis if str(codec_model).endswith(".basis.npz") else EdgeWithBottleneck
+        edge, learned = wrap.build(edge, codec_model)
     ov_model = to_openvino(edge, imgsz, edge.output_names)
     if int8:
         if calibration is None:
@@ -157,7 +191,8 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
         "outputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in edge.output_names],
         "precision": "int8" if int8 else "fp32",
         "calibration": str(calibration) if int8 else None,
-        "codec_model": ({"path": str(codec_model), "model_id": learned.model_id, "replaces": learned.tensor}
+        "codec_model": ({"path": str(codec_model), "model_id": learned.model_id, "replaces": learned.tensor,
+                         "kind": "basis" if str(codec_model).endswith(".basis.npz") else "learned"}
                         if learned else None),
         "versions": {"split_infer": split_infer.__version__, "openvino": ov.get_version(), "torch": torch.__version__},
     }
@@ -191,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action="store_true", help="NNCF post-training INT8 quantisation")
     parser.add_argument("--calibration", help="video whose frames calibrate INT8")
     parser.add_argument("--calibration-frames", type=int, default=120)
-    parser.add_argument("--codec-model", help="learned codec (.npz) whose encoder the IR should end in")
+    parser.add_argument("--codec-model", help="learned codec (.npz) whose encoder, or video codec basis "
+                        "(.basis.npz) whose reduction, the IR should end in")
     args = parser.parse_args(argv)
     try:
         out = export_edge(args.model, args.cut, parse_imgsz(args.imgsz), args.out, args.int8, args.calibration,

@@ -139,3 +139,29 @@ def test_learned_codec_encoder_runs_inside_the_edge_ir(tmp_path):
     in_numpy = make_decoder(learned_dir=str(codec.parent)).decode(make_encoder(f"learned:{codec}").encode({"x4": x4}))
     assert in_ir["x4"].shape == in_numpy["x4"].shape == (1, 128, 24, 40)
     assert np.abs(in_ir["x4"] - in_numpy["x4"]).mean() <= 1e-2 * np.abs(in_numpy["x4"]).mean()
+
+
+def test_video_codec_basis_runs_inside_the_edge_ir(tmp_path):
+    import cv2
+
+    from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
+    from split_infer.codec.basis import Basis, resolve
+
+    shipped = resolve(DEFAULT_CODEC.split(":", 1)[1])
+    basis = Basis.load(shipped)
+    ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=shipped)
+    meta = json.loads((ir / "edge.json").read_text())
+    assert meta["outputs"] == [{"name": "x4", "shape": [basis.components, 24, 40], "dtype": "float32"}]
+    assert meta["codec_model"]["kind"] == "basis" and meta["codec_model"]["model_id"] == basis.model_id
+
+    extractor = EdgeExtractor(ir, "CPU", precision="f32")
+    x, _ = extractor.preprocess(cv2.imread(str(bus_jpg())))
+    y = extractor.infer(x)["x4"]
+    want = basis.encode(_reference(x[None]))  # numpy's reduction of PyTorch's features
+    assert np.abs(y - want).max() <= 1e-3 * np.abs(want).max()
+    # the encoder sees a reduced tensor and only codes it; the cloud rebuilds all 128 channels
+    lossless = dict(crf=0)
+    in_ir = make_decoder().decode(make_encoder(DEFAULT_CODEC, **lossless).encode({"x4": y}))["x4"]
+    in_numpy = make_decoder().decode(make_encoder(DEFAULT_CODEC, **lossless).encode({"x4": _reference(x[None])}))["x4"]
+    assert in_ir.shape == in_numpy.shape == (1, 128, 24, 40)
+    assert np.abs(in_ir - in_numpy).mean() <= 2e-2 * np.abs(in_numpy).mean()

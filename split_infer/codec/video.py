@@ -198,6 +198,9 @@ class VideoEncoder(Encoder):
         if set(tensors) != {self.basis.tensor}:
             raise CodecError(f"basis {self.basis.model_id} reduces exactly the tensor {self.basis.tensor!r}, "
                              f"got {sorted(tensors)}")
+        x = tensors[self.basis.tensor]
+        if x.ndim == 4 and x.shape[1] == self.basis.components != self.basis.channels:
+            return tensors  # reduced already, inside the edge's IR (split-infer export --codec-model)
         return {name: self.basis.encode(x) for name, x in tensors.items()}
 
     def _wants_key(self, tensors) -> bool:
