@@ -45,9 +45,9 @@ BD_BOUNDS = (0.80, 0.99)
 
 # Each family's settings, from its fewest bytes up: a sweep must start below agreement 0.80.
 JPEG_QUALITIES = (5, 10, 20, 30, 45, 60, 75, 90, 100)
-X26X_CRFS = (51, 47, 43, 39, 35, 31, 27, 23, 19, 15, 11)
-AV1_CRFS = (63, 58, 52, 46, 40, 34, 28, 22)
-VIDEO_CODEC_CRFS = (48, 44, 40, 36, 32, 28, 24, 20, 16, 12)
+X26X_CRFS = (43, 39, 35, 31, 27, 23, 19, 15, 11)
+AV1_CRFS = (58, 52, 46, 40, 34, 28, 22)
+VIDEO_CODEC_CRFS = (40, 36, 33, 30, 27, 24, 21, 18, 15)
 TEMPORAL_SETTINGS = tuple(dict(bits=b, deadzone=d, key_interval=30) for b, d in ((3, 3), (4, 2), (5, 2), (6, 1),
                                                                                  (8, 1)))
 

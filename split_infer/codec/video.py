@@ -168,7 +168,7 @@ class VideoEncoder(Encoder):
 
     codec = "video"
 
-    def __init__(self, inner: str = "h264", crf: float = 30, preset: str = "veryfast", clip: float = 8.0,
+    def __init__(self, inner: str = "h264", crf: float = 28, preset: str = "veryfast", clip: float = 8.0,
                  balance: float | None = None, key_interval: int = 30, threads: int = 1,
                  basis: str | Path | None = None, **kw) -> None:
         super().__init__(**kw)
