@@ -123,8 +123,10 @@ class IngestSettings(Strict):
     # Codec the ingest re-encodes stateful (temporal) frames into so that the queue holds only
     # self-contained frames; stateless payloads pass through unchanged.
     queue_codec: str = "q8-zstd"
-    # Learned codec models (.npz, `split-infer codec train`) that edges may use: the ingest
-    # reconstructs their frames and queues them self-contained, so workers never need the models.
+    # Codec model files that edges may use: learned bottlenecks (.npz, `split-infer codec train`)
+    # and video codec bases (.basis.npz, `split-infer codec calibrate`; the shipped ones are always
+    # found). The ingest reconstructs their frames and queues them self-contained, so workers never
+    # need the models.
     codec_models: Path | None = None
     # Expected per-frame feature shapes without the batch axis, e.g. {"x4": [128, 48, 80]};
     # None: derived from `model` (name, cut, imgsz) at start-up.
