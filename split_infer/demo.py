@@ -277,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="split-infer-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     children = Children(workdir)
-    stop = {"signal": None}
+    stop = {"signal": None, "count": 0}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
+        stop["count"] += 1  # a second Ctrl-C skips the wait for the worker
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     summary: dict[str, Any] = {}
@@ -364,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         children.terminate("edge", 30)  # drains its buffer
         es = edge_stats()
         acked = sum(c.get("acked", 0) for c in es.get("cameras", {}).values())
-        deadline = time.monotonic() + 20  # let the worker finish what was queued
-        while time.monotonic() < deadline and stop["signal"] is None:
+        # Let the worker finish what was queued: what the edge delivered is not thrown away. After
+        # a signal the wait is shorter, and a second signal ends it.
+        deadline = time.monotonic() + (20 if stop["signal"] is None else 10)
+        while time.monotonic() < deadline and stop["count"] < 2:
             done = sum(r.xlen(f"si:detections:{c}") for c in ids) + r.xlen("si:dropped") + r.xlen("si:deadletter")
             if done >= acked:
                 break
