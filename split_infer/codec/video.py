@@ -203,11 +203,16 @@ class VideoEncoder(Encoder):
             return tensors  # reduced already, inside the edge's IR (split-infer export --codec-model)
         return {name: self.basis.encode(x) for name, x in tensors.items()}
 
+    def _coded_shape(self, x: np.ndarray) -> tuple[int, ...]:
+        """The shape that goes on the wire: after the basis' reduction (shape only: no projection)."""
+        if self.basis is None or (x.ndim == 4 and x.shape[1] == self.basis.components):
+            return x.shape
+        return (x.shape[0], self.basis.components, *x.shape[2:])
+
     def _wants_key(self, tensors) -> bool:
-        tensors = self._reduce(tensors)
         if self._since_key >= self.key_interval or set(tensors) != set(self._streams):
             return True
-        return any(Mosaic.for_shape(x.shape, self._streams[n].mosaic.cols) != self._streams[n].mosaic
+        return any(Mosaic.for_shape(self._coded_shape(x), self._streams[n].mosaic.cols) != self._streams[n].mosaic
                    for n, x in tensors.items())
 
     def _after(self, nbytes: int, key: bool) -> None:
