@@ -63,11 +63,8 @@ def consumer_metric(cloud, tensor_index: int, channels: int) -> np.ndarray:
 def calibrate(video: str, out: str, frames: tuple[int, int | None] = (0, None), every: int = 2,
               components: int = 64, metric: str = "consumer", model_name: str = "yolov5s", cut: int = 4,
               imgsz: tuple[int, int] = (640, 384), log=print) -> Basis:
-    import torch
-
     from split_infer.codec.train import collect_features
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     feats, tensor, cloud, span = collect_features(video, frames, every, model_name, cut, imgsz, log=log)
     c = feats.shape[1]
     m = consumer_metric(cloud, int(tensor[1:]), c) if metric == "consumer" else np.eye(c)
