@@ -68,20 +68,14 @@ class HttpFeed:
         if self.loop:
             cmd += ["-stream_loop", "-1"]
         cmd += ["-i", str(self.video), "-c", "copy", "-f", "mpegts", "-listen", "1", self.url]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30  # generous: ffmpeg starts slowly on a loaded 2-core machine
-        while time.monotonic() < deadline:
-            # A restart on the same port sometimes never listens (seen in fresh-clone runs): a
-            # fresh ffmpeg after 10 s does, so relaunch instead of waiting out the deadline.
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-            relaunch = min(deadline, time.monotonic() + 10)
-            while time.monotonic() < relaunch:  # wait for ffmpeg to listen (probing the socket
-                time.sleep(0.1)  # would consume its single client, so just give it a moment)
-                if self.proc.poll() is not None:
-                    pytest.fail(f"ffmpeg HTTP feed exited with {self.proc.returncode}")
-                if _listening(self.port):
-                    return self
-            self.proc.kill()
-            self.proc.wait()
+        while time.monotonic() < deadline:  # wait for ffmpeg to listen (probing the socket would
+            time.sleep(0.1)  # consume its single client, so just give it a moment)
+            if self.proc.poll() is not None:
+                pytest.fail(f"ffmpeg HTTP feed exited with {self.proc.returncode}")
+            if _listening(self.port):
+                return self
         pytest.fail(f"ffmpeg HTTP feed did not listen on port {self.port}")
         return self
 
