@@ -5,6 +5,7 @@ Missing data or a missing ffmpeg binary is a test failure with a clear message, 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -71,10 +72,10 @@ class HttpFeed:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30  # generous: ffmpeg starts slowly on a loaded 2-core machine
         while time.monotonic() < deadline:  # wait for ffmpeg to listen (probing the socket would
-            time.sleep(0.1)  # consume its single client, so just give it a moment)
+            time.sleep(0.1)  # consume its single client, so read the kernel's socket tables instead)
             if self.proc.poll() is not None:
                 pytest.fail(f"ffmpeg HTTP feed exited with {self.proc.returncode}")
-            if _listening(self.port):
+            if _serving(self.proc.pid, self.port):
                 return self
         pytest.fail(f"ffmpeg HTTP feed did not listen on port {self.port}")
         return self
@@ -86,8 +87,24 @@ class HttpFeed:
         self.proc = None
 
 
-def _listening(port: int) -> bool:
-    """True when some socket listens on the port (checked in /proc, without connecting)."""
+def _serving(pid: int, port: int) -> bool:
+    """True when process `pid` owns a socket on `port` that listens or has accepted its client.
+
+    ffmpeg `-listen 1` closes its listening socket as soon as one client connects. A camera that
+    is already retrying connects within a fraction of a second, so LISTEN alone can come and go
+    between two polls; the accepted connection (ESTABLISHED) means the feed is serving.
+    """
+    owned = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # the fd closed while we looked
+            if target.startswith("socket:["):
+                owned.add(target[8:-1])
+    except OSError:
+        return False  # the process is gone; the caller's poll() reports it
     want = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -95,7 +112,7 @@ def _listening(port: int) -> bool:
         except OSError:
             continue
         for line in lines:
-            parts = line.split()
-            if parts[1].endswith(want) and parts[3] == "0A":  # 0A = LISTEN
-                return True
+            parts = line.split()  # sl, local, remote, state, queues, tr, retrnsmt, uid, timeout, inode
+            if parts[1].endswith(want) and parts[3] in ("0A", "01") and parts[9] in owned:
+                return True  # 0A = LISTEN, 01 = ESTABLISHED
     return False
