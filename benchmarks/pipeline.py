@@ -30,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from split_infer.demo import Children, DemoError, free_port, start_redis, wait_log  # noqa: E402
-from split_infer.preprocess import parse_imgsz  # noqa: E402
+from split_infer.apps.demo import Children, DemoError, free_port, start_redis, wait_log  # noqa: E402
+from split_infer.model.preprocess import parse_imgsz  # noqa: E402
 from report import emit  # noqa: E402
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
@@ -60,7 +60,7 @@ def cpu_seconds(pid: int) -> float | None:
 def baseline(video: Path, frames: int, cameras: int, imgsz, codec: str, head_runtime: str) -> dict:
     import cv2
 
-    from split_infer.detect import SplitDetector
+    from split_infer.apps.detect import SplitDetector
 
     det = SplitDetector("yolov5s", 4, imgsz, codec=codec, head_runtime=head_runtime)
     cap = cv2.VideoCapture(str(video))  # warm-up outside the clock
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     imgsz = parse_imgsz(args.imgsz)
-    from split_infer.export import ensure_edge_ir
+    from split_infer.model.export import ensure_edge_ir
 
     ensure_edge_ir("yolov5s", 4, imgsz)
     def run_baseline() -> dict | None:

@@ -12,7 +12,7 @@ Agreement: AP@0.5 against the unsplit fp32 model on the uncompressed frame (refe
 NMS IoU 0.45; a method's detections ranked down to conf 0.001), pooled over the traffic classes with
 at least 25 reference instances in the scored frames (named in `classes`), with a paired 95%
 bootstrap interval over frames. Class-agnostic AP@0.5 over all traffic classes is reported too.
-BD-rate: split_infer/bdrate.py. Prints a JSON summary; writes the full JSON and a plot.
+BD-rate: benchmarks/bdrate.py. Prints a JSON summary; writes the full JSON and a plot.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from split_infer.bdrate import bd_rate, bytes_at, lower_hull  # noqa: E402
+from bdrate import bd_rate, bytes_at, lower_hull  # noqa: E402
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
-from split_infer.evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402,E501
-from split_infer.export import video_frames  # noqa: E402
-from split_infer.postprocess import non_max_suppression  # noqa: E402
-from split_infer.preprocess import content, letterbox, parse_imgsz  # noqa: E402
+from evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402,E501
+from split_infer.model.export import video_frames  # noqa: E402
+from split_infer.model.postprocess import non_max_suppression  # noqa: E402
+from split_infer.model.preprocess import content, letterbox, parse_imgsz  # noqa: E402
 
 SATURATED = 0.995  # a sweep stops after two settings at or above this agreement
 BD_BOUNDS = (0.80, 0.99)
@@ -70,8 +70,8 @@ class Model:
     def __init__(self, name: str, cut: int, imgsz: tuple[int, int], threads: int) -> None:
         import torch
 
-        from split_infer.models import load_model
-        from split_infer.partition import partition
+        from split_infer.model.loading import load_model
+        from split_infer.model.partition import partition
 
         torch.set_num_threads(threads)
         self.torch, self.imgsz = torch, imgsz
@@ -234,7 +234,7 @@ class Bench:
         """Noise floor: the same features from OpenVINO's f32 edge part (no coding at all)."""
         import openvino as ov
 
-        from split_infer.export import to_openvino
+        from split_infer.model.export import to_openvino
 
         names = list(self.feats[0])
         compiled = ov.Core().compile_model(to_openvino(self.model.edge, self.model.imgsz, names), "CPU",

@@ -10,16 +10,16 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "detect": ("split_infer.detect", "run detection on an image, video or URL (edge + head in one process)"),
-    "weights": ("split_infer.weights", "fetch and convert model weights (weights pull yolov5s)"),
-    "cuts": ("split_infer.partition", "table of the tensors that cross each cut"),
-    "export": ("split_infer.export", "export the edge part to OpenVINO IR"),
+    "detect": ("split_infer.apps.detect", "run detection on an image, video or URL (edge + head in one process)"),
+    "weights": ("split_infer.model.weights", "fetch and convert model weights (weights pull yolov5s)"),
+    "cuts": ("split_infer.model.partition", "table of the tensors that cross each cut"),
+    "export": ("split_infer.model.export", "export the edge part to OpenVINO IR"),
     "codec": ("split_infer.codec.cli", "train and inspect feature codecs"),
     "edge": ("split_infer.edge.node", "run an edge node (cameras -> features -> gRPC)"),
     "cloud": ("split_infer.cloud.cli", "run cloud services: ingest, worker"),
     "analytics": ("split_infer.analytics.service", "tracking, line and zone counts"),
     "api": ("split_infer.api.app", "HTTP read API and dashboard"),
-    "demo": ("split_infer.demo", "the whole pipeline on one machine"),
+    "demo": ("split_infer.apps.demo", "the whole pipeline on one machine"),
 }
 
 

@@ -167,9 +167,9 @@ def real_features(n: int, imgsz: tuple[int, int] = REAL_IMGSZ, cut: int = 4) -> 
     import cv2
     import torch
 
-    from split_infer.models import load_model
-    from split_infer.partition import partition
-    from split_infer.preprocess import letterbox
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
+    from split_infer.model.preprocess import letterbox
 
     d = shared_data()
     edge, _ = partition(load_model(str(d / "yolov5n.pt")), cut)

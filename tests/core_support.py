@@ -28,6 +28,6 @@ def bus_jpg() -> Path:
 
 def yolov5s_ready() -> None:
     """The converted YOLOv5s must be in the cache (`make setup` pulls it); fetch it if not."""
-    from split_infer import weights
+    from split_infer.model import weights
 
     weights.pull("yolov5s")

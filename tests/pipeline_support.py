@@ -50,7 +50,7 @@ class Pipeline:
     def __init__(self, tmp: Path, db: int, cameras: list[dict], *, overload: str = "late",
                  edge_extra: dict | None = None, cloud_extra: dict | None = None) -> None:
         self.tmp, self.db = tmp, db
-        from split_infer.export import ensure_edge_ir
+        from split_infer.model.export import ensure_edge_ir
 
         ensure_edge_ir("yolov5s", 4, IMGSZ)  # the edge process loads the IR; export it once (torch, here)
         self.r = redis_db(db)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from split_infer.bdrate import bd_rate, bytes_at, lower_hull
-from split_infer.evaluation import FrameMatches, eligible_classes, pooled_agreement
+from bdrate import bd_rate, bytes_at, lower_hull
+from evaluation import FrameMatches, eligible_classes, pooled_agreement
 
 CURVE = [(1000.0, 0.70), (2000.0, 0.85), (4000.0, 0.93), (8000.0, 0.97), (16000.0, 0.99)]
 

@@ -89,8 +89,8 @@ def test_the_shipped_basis_fits_yolov5s_cut_4() -> None:
 
 def test_consumer_metric_of_yolov5s_cut_4_matches_its_convolutions() -> None:
     from split_infer.codec.calibrate import consumer_metric
-    from split_infer.models import load_model
-    from split_infer.partition import partition
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
 
     _, cloud = partition(load_model("yolov5s"), 4)
     m = consumer_metric(cloud, 4, 128)

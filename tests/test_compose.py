@@ -37,18 +37,18 @@ def test_compose_file_is_valid_and_wires_the_services():
     assert out.returncode == 0, out.stderr
     svc = json.loads(out.stdout)["services"]
     assert set(svc) == {"redis", "ingest", "worker", "edge"}
-    assert svc["ingest"]["build"]["dockerfile"] == "cloud/Dockerfile"
-    assert svc["worker"]["build"]["dockerfile"] == "cloud/Dockerfile"
-    assert svc["edge"]["build"]["dockerfile"] == "edge/Dockerfile"
+    assert svc["ingest"]["build"]["dockerfile"] == "deploy/cloud/Dockerfile"
+    assert svc["worker"]["build"]["dockerfile"] == "deploy/cloud/Dockerfile"
+    assert svc["edge"]["build"]["dockerfile"] == "deploy/edge/Dockerfile"
     assert svc["worker"]["deploy"]["replicas"] >= 2 and "ports" not in svc["worker"]  # scalable
     assert svc["ingest"]["command"][0] == "ingest" and svc["worker"]["command"][0] == "worker"
     edge_mounts = {Path(v["source"]).name: v["target"] for v in svc["edge"]["volumes"] if v["type"] == "bind"}
     assert edge_mounts["edge.example.yaml"] == "/etc/split-infer/edge.yaml"
     # Every file the compose file builds from or mounts exists, and the configs parse.
-    for rel in ("cloud/Dockerfile", "edge/Dockerfile", "cloud/cloud.example.yaml", "edge/edge.example.yaml"):
+    for rel in ("deploy/cloud/Dockerfile", "deploy/edge/Dockerfile", "deploy/cloud/cloud.example.yaml", "deploy/edge/edge.example.yaml"):
         assert (ROOT / rel).is_file(), f"{rel} is referenced by docker-compose.yml but missing"
-    cloud = load_yaml(ROOT / "cloud/cloud.example.yaml", CloudConfig)
-    edge = load_yaml(ROOT / "edge/edge.example.yaml", EdgeConfig)
+    cloud = load_yaml(ROOT / "deploy/cloud/cloud.example.yaml", CloudConfig)
+    edge = load_yaml(ROOT / "deploy/edge/edge.example.yaml", EdgeConfig)
     assert edge.cloud.split(":")[0] == "ingest"  # the edge reaches the ingest by its service name
     assert not cloud.tokens or edge.token in cloud.tokens
 

@@ -12,9 +12,9 @@ import torch
 
 from core_support import ROOT, bus_jpg, yolov5s_ready
 from split_infer.edge.extractor import EdgeExtractor, ExtractorError, check_device
-from split_infer.export import export_edge
-from split_infer.models import load_model
-from split_infer.partition import partition
+from split_infer.model.export import export_edge
+from split_infer.model.loading import load_model
+from split_infer.model.partition import partition
 
 IMGSZ = (320, 192)
 # bf16 (this CPU's default) keeps 8 bits of mantissa: documented tolerance on the crossing tensor,
@@ -69,7 +69,7 @@ def test_missing_ir_is_a_clear_error(tmp_path):
 
 
 def test_edge_runtime_imports_neither_torch_nor_ultralytics():
-    code = ("import sys, split_infer.edge.extractor, split_infer.preprocess, split_infer.codec\n"
+    code = ("import sys, split_infer.edge.extractor, split_infer.model.preprocess, split_infer.codec\n"
             "import importlib.util\n"
             "if importlib.util.find_spec('split_infer.edge.node'): import split_infer.edge.node\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'ultralytics', 'torchvision')]\n"

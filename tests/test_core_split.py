@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from core_support import shared_file, yolov5s_ready
-from split_infer.models import load_model
-from split_infer.partition import crossing, cut_table, first_tensor, partition
-from split_infer.postprocess import nms_boxes, non_max_suppression
-from split_infer.preprocess import Letterbox, letterbox, parse_imgsz
+from split_infer.model.loading import load_model
+from split_infer.model.partition import crossing, cut_table, first_tensor, partition
+from split_infer.model.postprocess import nms_boxes, non_max_suppression
+from split_infer.model.preprocess import Letterbox, letterbox, parse_imgsz
 
 
 def _models():

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from core_support import bus_jpg, shared_file, yolov5s_ready
-from split_infer import weights
-from split_infer.models import load_model
-from split_infer.postprocess import non_max_suppression, to_records
-from split_infer.preprocess import letterbox
+from split_infer.model import weights
+from split_infer.model.loading import load_model
+from split_infer.model.postprocess import non_max_suppression, to_records
+from split_infer.model.preprocess import letterbox
 
 
 def detect_bus(model) -> list[dict]:

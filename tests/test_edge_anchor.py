@@ -6,8 +6,8 @@ import numpy as np
 
 from media import street_video
 from split_infer.edge.anchor import X264Anchor
-from split_infer.export import video_frames
-from split_infer.preprocess import Letterbox, content
+from split_infer.model.export import video_frames
+from split_infer.model.preprocess import Letterbox, content
 
 
 def test_content_is_the_letterbox_without_its_padding() -> None:

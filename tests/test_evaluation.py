@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from split_infer.evaluation import agreement_map50, average_precision, f1_score, iou_matrix
+from evaluation import agreement_map50, average_precision, f1_score, iou_matrix
 
 
 def d(*rows) -> np.ndarray:

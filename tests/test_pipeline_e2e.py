@@ -111,7 +111,7 @@ def test_eight_cameras_every_frame_accounted_for_and_equal_to_in_process(eight_c
     assert workers == {"w1", "w2"}, f"both workers should share the load, got {workers}"
 
     # Same detections as the in-process split (edge OpenVINO -> q8-zstd -> head) on the same frames.
-    from split_infer.detect import SplitDetector
+    from split_infer.apps.detect import SplitDetector
 
     det = SplitDetector("yolov5s", 4, IMGSZ, codec="q8-zstd", head_runtime="openvino")
     cap = cv2.VideoCapture(str(video))

@@ -1,7 +1,7 @@
 """Time the cloud head per batch size, for CostModel.profile (torch is imported lazily).
 
-`head_runner()` splits the real model with the core (`split_infer.models.load_model` +
-`split_infer.partition.partition`) and returns `run_batch(b)`, which runs the cloud part on edge
+`head_runner()` splits the real model with the core (`split_infer.model.loading.load_model` +
+`split_infer.model.partition.partition`) and returns `run_batch(b)`, which runs the cloud part on edge
 features of a random batch of `b` frames, plus a description for the cost file's "source" field.
 """
 
@@ -15,8 +15,8 @@ def head_runner(device: str = "cpu", cut: int = 4, imgsz: tuple[int, int] = (640
     """Return (run_batch(b), description). Edge features for each size are computed once."""
     import torch
 
-    from split_infer.models import load_model
-    from split_infer.partition import partition
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
 
     edge, cloud = partition(load_model(model_name), cut)
     edge, cloud = edge.to(device).eval(), cloud.to(device).eval()

@@ -11,8 +11,8 @@ import functools
 
 import numpy as np
 
-from split_infer.postprocess import non_max_suppression, to_records
-from split_infer.preprocess import Letterbox
+from split_infer.model.postprocess import non_max_suppression, to_records
+from split_infer.model.preprocess import Letterbox
 
 RUNTIMES = ("auto", "torch", "openvino")
 
@@ -23,8 +23,8 @@ class Head:
                  threads: int | None = None):
         import torch
 
-        from split_infer.models import load_model
-        from split_infer.partition import crossing_shapes, partition
+        from split_infer.model.loading import load_model
+        from split_infer.model.partition import crossing_shapes, partition
 
         if runtime not in RUNTIMES:
             raise ValueError(f"head runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -102,7 +102,7 @@ class Head:
 @functools.lru_cache(maxsize=8)
 def feature_shapes(model: str, cut: int, imgsz: tuple[int, int]) -> dict[str, tuple[int, ...]]:
     """Shapes (without batch) of the tensors crossing `cut` of `model` at WIDTHxHEIGHT `imgsz`."""
-    from split_infer.models import load_model
-    from split_infer.partition import crossing_shapes
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import crossing_shapes
 
     return crossing_shapes(load_model(model), cut, tuple(imgsz))

@@ -409,7 +409,7 @@ class Worker:
 
 def yolo_head(cfg: CloudConfig) -> HeadFn:
     """The core's detection head for `cfg.model`, on `cfg.head_runtime` (auto: CUDA torch, else OpenVINO)."""
-    from split_infer.preprocess import Letterbox
+    from split_infer.model.preprocess import Letterbox
 
     m = cfg.model
     if cfg.head_runtime == "auto":

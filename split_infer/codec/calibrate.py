@@ -32,7 +32,7 @@ def _conv_weights_reading_input(module) -> list[np.ndarray]:
 def consumer_metric(cloud, tensor_index: int, channels: int) -> np.ndarray:
     """M = sum of W^T W over the convolutions (and taps) of the head that read the cut tensor; a Concat
     that reads it passes it on to the layers that read the Concat, at its channel offset."""
-    from split_infer.partition import _sources
+    from split_infer.model.partition import _sources
 
     layers = cloud.all_layers
     metric = np.zeros((channels, channels))

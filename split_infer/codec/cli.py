@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         m = Model.load(args.path)
         print(json.dumps({"id": m.model_id, **m.meta}, indent=1))
         return 0
-    from split_infer.preprocess import parse_imgsz
+    from split_infer.model.preprocess import parse_imgsz
 
     if args.cmd == "calibrate":
         from split_infer.codec.calibrate import calibrate

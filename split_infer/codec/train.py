@@ -24,9 +24,9 @@ def collect_features(video: str, frames: tuple[int, int | None], every: int, mod
     import cv2
     import torch
 
-    from split_infer.models import load_model
-    from split_infer.partition import partition
-    from split_infer.preprocess import letterbox
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
+    from split_infer.model.preprocess import letterbox
 
     edge, cloud = partition(load_model(model_name), cut)
     if len(edge.output_names) != 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from split_infer.preprocess import Letterbox, letterbox
+from split_infer.model.preprocess import Letterbox, letterbox
 
 META_FILE = "edge.json"
 IR_FILE = "edge.xml"

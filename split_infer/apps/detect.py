@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from split_infer.codec import DEFAULT_CODEC
-from split_infer.preprocess import parse_imgsz
+from split_infer.model.preprocess import parse_imgsz
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -33,7 +33,7 @@ class SplitDetector:
                  precision: str | None = None):
         from split_infer.cloud.head import Head
         from split_infer.edge.extractor import EdgeExtractor
-        from split_infer.export import ensure_edge_ir
+        from split_infer.model.export import ensure_edge_ir
 
         model_dir = Path(model_dir) if model_dir else ensure_edge_ir(model, cut, imgsz)
         self.extractor = EdgeExtractor(model_dir, device, precision=precision)

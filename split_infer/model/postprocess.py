@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from split_infer.names import COCO_NAMES
-from split_infer.preprocess import Letterbox
+from split_infer.model.names import COCO_NAMES
+from split_infer.model.preprocess import Letterbox
 
 MAX_WH = 7680  # class offset for batched NMS: boxes of different classes never overlap
 MAX_NMS = 30000  # boxes considered by NMS at most, highest scores first

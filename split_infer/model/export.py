@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from split_infer.preprocess import letterbox, parse_imgsz
-from split_infer.weights import cache_dir
+from split_infer.model.preprocess import letterbox, parse_imgsz
+from split_infer.model.weights import cache_dir
 
 META_FILE = "edge.json"
 IR_FILE = "edge.xml"
@@ -59,7 +59,7 @@ def to_openvino(module, imgsz: tuple[int, int], output_names: list[str] | None =
     import openvino as ov
     import torch
 
-    from split_infer.partition import first_tensor
+    from split_infer.model.partition import first_tensor
 
     class _Outputs(torch.nn.Module):  # OpenVINO names outputs by position; we rename them after
         def __init__(self, inner):
@@ -160,8 +160,8 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
     import torch
 
     import split_infer
-    from split_infer.models import load_model
-    from split_infer.partition import partition
+    from split_infer.model.loading import load_model
+    from split_infer.model.partition import partition
 
     out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
     model = load_model(model_name)

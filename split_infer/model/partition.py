@@ -127,8 +127,8 @@ def cut_table(model: nn.Module, imgsz: tuple[int, int]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from split_infer.models import load_model
-    from split_infer.preprocess import parse_imgsz
+    from split_infer.model.loading import load_model
+    from split_infer.model.preprocess import parse_imgsz
 
     parser = argparse.ArgumentParser(prog="split-infer cuts", description="Tensors that cross each cut of a model.")
     parser.add_argument("--model", default="yolov5s")

@@ -2,7 +2,7 @@
 
 Module and attribute names follow the YOLOv5 repository so that its checkpoints' state dicts load
 one to one (`model.0.conv.weight`, `model.24.anchors`, ...). Each layer carries `.i` (its index) and
-`.f` (the indices it reads, -1 = previous layer), the graph description that `split_infer.partition`
+`.f` (the indices it reads, -1 = previous layer), the graph description that `split_infer.model.partition`
 uses for every YOLO family.
 """
 
