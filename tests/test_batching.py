@@ -9,24 +9,33 @@ import numpy as np
 import pytest
 
 from split_infer.batching import traces as T
+from split_infer.batching.adaptive import AdaptiveBatcher
 from split_infer.batching.cost import CostModel
-from split_infer.batching.policy import (
-    SHED_DEADLINE, SHED_TIMEOUT, AdaptiveBatcher, AIMDBatcher, Decision, FixedBatch, Frame, PolicyError,
-    QueueView, TritonBatcher, fair_order, make_policy,
+from split_infer.batching.interface import (
+    SHED_DEADLINE,
+    SHED_TIMEOUT,
+    Decision,
+    PolicyError,
+    QueuedFrameView,
+    QueueView,
+    fair_order,
 )
+from split_infer.batching.policy import AIMDBatcher, FixedBatch, TritonBatcher, make_policy
 from split_infer.batching.simulate import AccountingError, simulate
+
+pytestmark = pytest.mark.unit
 
 SIZES = (1, 2, 4, 8, 16)
 GPU = CostModel({b: 2.0 + 0.15 * b for b in SIZES}, device="gpu model")  # big batching gain
 CPU = CostModel({b: 100.0 * b for b in SIZES}, device="linear cpu")  # no batching gain
 
 
-def frames(spec: list[tuple[str, float]], transit: float = 0.0) -> list[Frame]:
+def frames(spec: list[tuple[str, float]], transit: float = 0.0) -> list[QueuedFrameView]:
     """(camera, capture time) -> frames arriving `transit` later, keys 0.."""
-    return [Frame(c, t, t + transit, i) for i, (c, t) in enumerate(spec)]
+    return [QueuedFrameView(c, t, t + transit, i) for i, (c, t) in enumerate(spec)]
 
 
-def view(fs: list[Frame], closing: bool = False) -> QueueView:
+def view(fs: list[QueuedFrameView], closing: bool = False) -> QueueView:
     return QueueView.of(fs, closing=closing)
 
 
@@ -362,7 +371,7 @@ def test_closing_queue_is_always_drained():
     fs = frames([("a", 0.0), ("b", 0.001), ("a", 0.002)], transit=0.01)
     for p in (FixedBatch(16), TritonBatcher(16, max_queue_delay_ms=500), AIMDBatcher(200),
               AdaptiveBatcher(200, GPU.copy())):
-        taken: list[Frame] = []
+        taken: list[QueuedFrameView] = []
         left = list(fs)
         for _ in range(10):
             if not left:

@@ -11,9 +11,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from split_infer.codec import CodecError, Limits, make_decoder, make_encoder
-from split_infer.codec import wire
-from split_infer.codec.wire import Q_AFFINE, Q_RAW, Frame, TensorRecord, pack, unpack
+from split_infer.codec import CodecError, Limits, make_decoder, make_encoder, wire
+from split_infer.codec.wire import Q_AFFINE, Q_RAW, TensorRecord, WireFrame, pack, unpack
+
+pytestmark = pytest.mark.unit
 
 FAST = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -38,7 +39,7 @@ def reseal(body: bytes) -> bytes:
 def test_raw_tensors_round_trip_exactly() -> None:
     x = features(1)
     y = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
-    f = Frame("q8-zstd", 7, True, [TensorRecord("a", np.dtype("<f4"), x.shape, Q_RAW, body=x.tobytes()),
+    f = WireFrame("q8-zstd", 7, True, [TensorRecord("a", np.dtype("<f4"), x.shape, Q_RAW, body=x.tobytes()),
                                    TensorRecord("b", np.dtype("<i4"), y.shape, Q_RAW, body=y.tobytes())],
               {"bits": 8, "note": "x"}, cut=4)
     g = unpack(pack(f))
@@ -67,7 +68,7 @@ def test_codes_round_trip_exactly_through_the_wire() -> None:
     frame = unpack(payload_for(x))
     (t,) = frame.tensors
     codes = np.frombuffer(t.body, np.uint8).reshape(x.shape)
-    again = unpack(pack(Frame(frame.codec, frame.seq, True, [t], frame.params, frame.cut)))
+    again = unpack(pack(WireFrame(frame.codec, frame.seq, True, [t], frame.params, frame.cut)))
     assert np.array_equal(np.frombuffer(again.tensors[0].body, np.uint8).reshape(x.shape), codes)
 
 

@@ -139,7 +139,8 @@ class CostModel:
 
     # -- files ----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {**self.meta, "device": self.device, "batch_ms": {str(b): round(ms, 4) for b, ms in self.known().items()}}
+        batch_ms = {str(b): round(ms, 4) for b, ms in self.known().items()}
+        return {**self.meta, "device": self.device, "batch_ms": batch_ms}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from split_infer.model.loading import load_model
+
 
 def head_runner(device: str = "cpu", cut: int = 4, imgsz: tuple[int, int] = (640, 384),
                 model_name: str = "yolov5s") -> tuple[Callable[[int], None], str]:
     """Return (run_batch(b), description). Edge features for each size are computed once."""
-    import torch
+    import torch  # optional heavy dependency (the cloud extra), as is partition, built on it
 
-    from split_infer.model.loading import load_model
     from split_infer.model.partition import partition
 
     edge, cloud = partition(load_model(model_name), cut)
     edge, cloud = edge.to(device).eval(), cloud.to(device).eval()
     w, h = imgsz
-    cache: dict[int, dict] = {}
+    cache: dict[int, dict[str, torch.Tensor]] = {}
 
     @torch.inference_mode()
     def run_batch(b: int) -> None:

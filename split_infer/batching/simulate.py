@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from split_infer.batching.policy import BatchPolicy, Frame, PolicyError, QueueView
+from split_infer.batching.interface import BatchPolicy, PolicyError, QueuedFrameView, QueueView
 from split_infer.batching.traces import Trace
 
 
@@ -43,7 +43,7 @@ class SimResult:
         return int(np.isfinite(self.latency_ms).sum())
 
     @property
-    def shed(self) -> Counter:
+    def shed(self) -> Counter[str]:
         return Counter(r for r in self.shed_reason.tolist() if r)
 
     def _met(self, mask: np.ndarray | None = None) -> float:
@@ -76,6 +76,29 @@ class SimResult:
         }
 
 
+class _Queue:
+    """The simulated cloud queue: per-camera deques, and which frames (by key) are in it."""
+
+    def __init__(self, policy: BatchPolicy, cameras: list[str]) -> None:
+        self.policy = policy
+        self.queues: dict[str, deque[QueuedFrameView]] = {c: deque() for c in cameras}
+        self.queued: set[int] = set()
+
+    def add(self, f: QueuedFrameView) -> None:
+        self.queues[f.camera].append(f)
+        self.queued.add(f.key)
+
+    def remove(self, f: QueuedFrameView) -> None:
+        if f.key not in self.queued:
+            raise AccountingError(f"{self.policy.name}: decision names {f!r}, which is not queued")
+        self.queued.discard(f.key)
+        q = self.queues[f.camera]
+        if q and q[0] is f:
+            q.popleft()
+        else:
+            q.remove(f)
+
+
 def simulate(trace: Trace, policy: BatchPolicy, service_ms: Callable[[int], float], slo_ms: float,
              noise: float = 0.0, seed: int = 0) -> SimResult:
     """Replay `trace` through `policy`; a batch of b runs service_ms(b) x lognormal(noise) ms.
@@ -86,59 +109,40 @@ def simulate(trace: Trace, policy: BatchPolicy, service_ms: Callable[[int], floa
     rng = np.random.default_rng(seed)
     n = len(trace)
     luck = rng.lognormal(0.0, noise, size=n) if noise else np.ones(n)
-    frames = [Frame(c, cap, arr, i) for i, (c, cap, arr) in
-              enumerate(zip(trace.camera.tolist(), trace.capture_ts.tolist(), trace.arrival_ts.tolist()))]
-    queues: dict[str, deque[Frame]] = {c: deque() for c in trace.cameras}
+    frames = [QueuedFrameView(c, cap, arr, i) for i, (c, cap, arr) in
+              enumerate(zip(trace.camera.tolist(), trace.capture_ts.tolist(), trace.arrival_ts.tolist(), strict=True))]
+    queue = _Queue(policy, trace.cameras)
     completion = np.full(n, np.nan)
     reason = np.full(n, "", dtype=object)
-    queued: set[int] = set()
     batches: list[int] = []
     t = float(trace.arrival_ts[0]) if n else 0.0
     i = 0  # next arrival (trace is sorted by arrival)
 
-    def remove(f: Frame) -> None:
-        if f.key not in queued:
-            raise AccountingError(f"{policy.name}: decision names {f!r}, which is not queued")
-        queued.discard(f.key)
-        q = queues[f.camera]
-        if q and q[0] is f:
-            q.popleft()
-        else:
-            q.remove(f)
-
     while True:
         while i < n and frames[i].arrival_ts <= t:
-            queues[frames[i].camera].append(frames[i])
-            queued.add(i)
+            queue.add(frames[i])
             i += 1
-        closing = i >= n
-        if not queued:
-            if closing:
+        if not queue.queued:
+            if i >= n:
                 break
             t = frames[i].arrival_ts
             continue
-        d = policy.next_batch(QueueView(queues, i, closing), t)
+        d = policy.next_batch(QueueView(queue.queues, i, closing=i >= n), t)
         for f, why in d.shed:
-            remove(f)
+            queue.remove(f)
             reason[f.key] = why or "unspecified"
         if d.take:
             for f in d.take:
-                remove(f)
+                queue.remove(f)
             b = len(d.take)
             ms = service_ms(b) * float(luck[d.take[0].key])
             t_done = t + ms / 1000.0
-            for f in d.take:
-                completion[f.key] = t_done
+            completion[[f.key for f in d.take]] = t_done
             batches.append(b)
             policy.on_batch_done(b, ms, t_done)
             t = t_done
-            continue
-        if d.shed:
-            continue  # the queue changed: ask again at the same instant
-        nxt = [x for x in (frames[i].arrival_ts if i < n else None, d.wait_until) if x is not None and x > t]
-        if not nxt:
-            raise PolicyError(f"{policy.name}: waits at t={t:.4f} with {len(queued)} frame(s) queued and nothing to wake it")
-        t = min(nxt)
+        elif not d.shed:  # (after a shed the queue changed: ask again at the same instant)
+            t = _wake_time(policy, t, frames[i].arrival_ts if i < n else None, d.wait_until, len(queue.queued))
 
     done = np.isfinite(completion)
     if (done & (reason != "")).any() or (~done & (reason == "")).any():
@@ -147,3 +151,12 @@ def simulate(trace: Trace, policy: BatchPolicy, service_ms: Callable[[int], floa
     end = max(float(np.nanmax(completion)) if done.any() else t, float(trace.arrival_ts[-1]) if n else t)
     span = end - (float(trace.arrival_ts[0]) if n else t)
     return SimResult(policy.name, trace.name, slo_ms, latency, reason.astype(str), trace.camera, batches, span)
+
+
+def _wake_time(policy: BatchPolicy, t: float, next_arrival: float | None, wait_until: float | None,
+               depth: int) -> float:
+    """When an idle policy is asked again: the next arrival or its wait_until, whichever is first."""
+    nxt = [x for x in (next_arrival, wait_until) if x is not None and x > t]
+    if not nxt:
+        raise PolicyError(f"{policy.name}: waits at t={t:.4f} with {depth} frame(s) queued and nothing to wake it")
+    return min(nxt)

@@ -51,7 +51,8 @@ class Trace:
         if n and (self.arrival_ts < self.capture_ts - 1e-9).any():
             raise ValueError(f"trace {self.name!r}: a frame arrives before it was captured")
         order = np.lexsort((self.capture_ts, self.arrival_ts))
-        self.camera, self.capture_ts, self.arrival_ts = self.camera[order], self.capture_ts[order], self.arrival_ts[order]
+        self.camera, self.capture_ts = self.camera[order], self.capture_ts[order]
+        self.arrival_ts = self.arrival_ts[order]
 
     def __len__(self) -> int:
         return len(self.camera)
@@ -74,11 +75,13 @@ class Trace:
             with path.open("w", newline="") as fh:
                 w = csv.writer(fh)
                 w.writerow(["camera", "capture_ts", "arrival_ts"])
-                for c, cap, arr in zip(self.camera.tolist(), self.capture_ts.tolist(), self.arrival_ts.tolist()):
+                for c, cap, arr in zip(self.camera.tolist(), self.capture_ts.tolist(), self.arrival_ts.tolist(),
+                                       strict=True):
                     w.writerow([c, repr(cap), repr(arr)])
         elif path.suffix == ".json":
             path.write_text(json.dumps({"name": self.name, "meta": self.meta, "camera": self.camera.tolist(),
-                                        "capture_ts": self.capture_ts.tolist(), "arrival_ts": self.arrival_ts.tolist()}))
+                                        "capture_ts": self.capture_ts.tolist(),
+                                        "arrival_ts": self.arrival_ts.tolist()}))
         else:
             raise ValueError(f"{path}: trace files are .csv or .json")
         return path
@@ -95,12 +98,15 @@ class Trace:
                 if not rows or "camera" not in rows[0] or "arrival_ts" not in rows[0]:
                     raise ValueError("needs a header with columns camera, arrival_ts (and optionally capture_ts)")
                 arr = [float(r["arrival_ts"]) for r in rows]
-                cap = [float(r["capture_ts"]) if r.get("capture_ts") not in (None, "") else a for r, a in zip(rows, arr)]
-                return cls(path.stem, [r["camera"] for r in rows], cap, arr, {"source": str(path)})
+                cap = [float(r["capture_ts"]) if r.get("capture_ts") not in (None, "") else a
+                       for r, a in zip(rows, arr, strict=True)]
+                return cls(path.stem, np.asarray([r["camera"] for r in rows]), np.asarray(cap), np.asarray(arr),
+                           {"source": str(path)})
             if path.suffix == ".json":
                 d = json.loads(path.read_text())
                 arr = d["arrival_ts"]
-                return cls(d.get("name", path.stem), d["camera"], d.get("capture_ts", arr), arr, d.get("meta", {}))
+                return cls(d.get("name", path.stem), np.asarray(d["camera"]), np.asarray(d.get("capture_ts", arr)),
+                           np.asarray(arr), d.get("meta", {}))
         except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a valid trace: {e}") from None
         raise ValueError(f"{path}: trace files are .csv or .json")
@@ -118,15 +124,18 @@ def _camera_names(n: int) -> list[str]:
 
 
 def _assemble(name: str, rng: np.random.Generator, captures: list[np.ndarray], meta: dict[str, Any]) -> Trace:
-    cams, cap, arr = [], [], []
-    for cid, c in zip(_camera_names(len(captures)), captures):
+    cams: list[str] = []
+    cap: list[np.ndarray] = []
+    arr: list[np.ndarray] = []
+    for cid, c in zip(_camera_names(len(captures)), captures, strict=True):
         c = np.sort(c)
         base = rng.uniform(0.02, 0.06)  # edge extractor + encode + network, per camera
         a = _transit(rng, c, base)
         cams += [cid] * len(c)
         cap.append(c)
         arr.append(a)
-    return Trace(name, cams, np.concatenate(cap) if cap else [], np.concatenate(arr) if arr else [], meta)
+    return Trace(name, np.asarray(cams), np.concatenate(cap) if cap else np.empty(0),
+                 np.concatenate(arr) if arr else np.empty(0), meta)
 
 
 def steady(rate_fps: float, duration_s: float = 60.0, cameras: int = DEFAULT_CAMERAS, seed: int = 0) -> Trace:
@@ -136,10 +145,12 @@ def steady(rate_fps: float, duration_s: float = 60.0, cameras: int = DEFAULT_CAM
     for _ in range(cameras):
         t = np.arange(rng.uniform(0, 1 / fps), duration_s, 1 / fps)
         caps.append(t + rng.uniform(0, 0.001, size=len(t)))
-    return _assemble("steady", rng, caps, {"kind": "steady", "rate_fps": rate_fps, "duration_s": duration_s, "seed": seed})
+    return _assemble("steady", rng, caps,
+                     {"kind": "steady", "rate_fps": rate_fps, "duration_s": duration_s, "seed": seed})
 
 
-def poisson(rate_fps: float, duration_s: float = 60.0, cameras: int = DEFAULT_CAMERAS, seed: int = 0, name: str = "poisson") -> Trace:
+def poisson(rate_fps: float, duration_s: float = 60.0, cameras: int = DEFAULT_CAMERAS, seed: int = 0,
+            name: str = "poisson") -> Trace:
     rng = np.random.default_rng(seed)
     fps = rate_fps / cameras
     caps = []
@@ -178,7 +189,7 @@ def rush(rate_fps: float, duration_s: float = 60.0, cameras: int = DEFAULT_CAMER
         t = np.sort(rng.uniform(0, duration_s, size=n))
         level = rush_profile(t, duration_s)
         in_burst = np.zeros(len(t), bool)
-        for s, ln in zip(starts, lengths):
+        for s, ln in zip(starts, lengths, strict=True):
             in_burst |= (t >= s) & (t < s + ln)
         mult = np.where(in_burst, burst_factor, 1.0)
         if cam == 0:  # the busy camera: busy_factor x while the traffic is above night level

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
-from split_infer.codec import basis, learned, video  # noqa: F401  (learned, video register frame decoders)
+# Importing learned and video registers their frame decoders.
+from split_infer.codec import basis, learned, video
+from split_infer.codec.adaptive import AdaptiveEncoder, AdaptiveLearnedEncoder
 from split_infer.codec.codecs import Decoder, EncodedFrame, Encoder, QuantEncoder, TemporalEncoder
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import Limits
@@ -23,16 +26,18 @@ from split_infer.codec.wire import Limits
 # channel reduction calibrated on the street clip for YOLOv5s at cut 4.
 DEFAULT_CODEC = "video:yolov5s-cut4-street"
 
-__all__ = ["DEFAULT_CODEC", "CodecError", "Decoder", "EncodedFrame", "Encoder", "Limits", "make_decoder", "make_encoder",
-           "register_encoder", "encoder_specs"]
+__all__ = ["DEFAULT_CODEC", "CodecError", "Decoder", "EncodedFrame", "Encoder", "Limits", "make_decoder",
+           "make_encoder", "register_encoder", "encoder_specs"]
 
+# builder(match, **kwargs) -> Encoder
+EncoderBuilder = Callable[..., Encoder]
 # (pattern, builder, help): the first pattern that fully matches a spec builds its encoder
-_ENCODERS: list[tuple[re.Pattern, Callable[..., Encoder], str]] = []
+_ENCODERS: list[tuple[re.Pattern[str], EncoderBuilder, str]] = []
 
 
-def register_encoder(pattern: str, help: str):
+def register_encoder(pattern: str, help: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
     """Register `builder(match, **kwargs) -> Encoder` for specs matching `pattern`."""
-    def wrap(builder):
+    def wrap(builder: EncoderBuilder) -> EncoderBuilder:
         _ENCODERS.append((re.compile(pattern), builder, help))
         return builder
     return wrap
@@ -44,15 +49,13 @@ def encoder_specs() -> list[str]:
 
 
 @register_encoder(r"q([2-8])-zstd", "q<bits>-zstd: stateless per-frame quantisation to 2-8 bits, zstd")
-def _quant(m: re.Match, **kw) -> Encoder:
+def _quant(m: re.Match[str], **kw: Any) -> Encoder:
     return QuantEncoder(bits=int(m.group(1)), **kw)
 
 
 @register_encoder(r"temporal(?:-q([2-8]))?", "temporal[-q<bits>]: delta coding of 2-8-bit codes, zstd")
-def _temporal(m: re.Match, **kw) -> Encoder:
+def _temporal(m: re.Match[str], **kw: Any) -> Encoder:
     if "budget_bps" in kw:
-        from split_infer.codec.adaptive import AdaptiveEncoder
-
         return AdaptiveEncoder(**kw)
     if m.group(1):
         kw.setdefault("bits", int(m.group(1)))
@@ -60,16 +63,14 @@ def _temporal(m: re.Match, **kw) -> Encoder:
 
 
 @register_encoder(r"adaptive", "adaptive: temporal, stepping its setting to stay within budget_bps")
-def _adaptive(m: re.Match, **kw) -> Encoder:
-    from split_infer.codec.adaptive import AdaptiveEncoder
-
+def _adaptive(m: re.Match[str], **kw: Any) -> Encoder:
     return AdaptiveEncoder(**kw)
 
 
 @register_encoder(r"video(?:-(h264|hevc))?(?:-crf(\d+(?:\.\d+)?))?(?::(.+))?",
                   "video[-h264|-hevc][-crf<N>][:<basis>]: normalised feature mosaic through x264/x265, after "
                   "a channel reduction (a .basis.npz path, or the name of a shipped one)")
-def _video(m: re.Match, **kw) -> Encoder:
+def _video(m: re.Match[str], **kw: Any) -> Encoder:
     if m.group(1):
         kw.setdefault("inner", m.group(1))
     if m.group(2):
@@ -80,15 +81,13 @@ def _video(m: re.Match, **kw) -> Encoder:
 
 
 @register_encoder(r"learned:(.+)", "learned:<model.npz>: learned bottleneck + temporal coding of its latent")
-def _learned(m: re.Match, **kw) -> Encoder:
+def _learned(m: re.Match[str], **kw: Any) -> Encoder:
     if "budget_bps" in kw:
-        from split_infer.codec.adaptive import AdaptiveLearnedEncoder
-
         return AdaptiveLearnedEncoder(m.group(1), **kw)
     return learned.LearnedEncoder(m.group(1), **kw)
 
 
-def make_encoder(spec: str = "q8-zstd", **kwargs) -> Encoder:
+def make_encoder(spec: str = "q8-zstd", **kwargs: Any) -> Encoder:
     """Build an encoder from a spec string (see `encoder_specs()`), e.g. "video", "video-hevc-crf32",
     "q8-zstd", "temporal-q6", "learned:<path>"; keyword arguments set the encoder's parameters. With
     `budget_bps=` (and `fps=`), "temporal", "adaptive" and "learned:<path>" pick their own setting."""

@@ -10,21 +10,25 @@ the codes' meaning. `report()` says what it chose and the rate it measures.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
+from typing import Any
 
-from split_infer.codec.codecs import TemporalEncoder
+from split_infer.codec.codecs import TemporalEncoder, Tensors
 from split_infer.codec.learned import LearnedEncoder
+from split_infer.codec.wire import CodecParams, TensorRecord
 
 # Roughly in order of decreasing bytes on traffic footage.
-TEMPORAL_LADDER: tuple[dict, ...] = tuple(dict(bits=b, deadzone=d) for b, d in (
+TEMPORAL_LADDER: tuple[CodecParams, ...] = tuple(dict(bits=b, deadzone=d) for b, d in (
     (8, 1), (8, 2), (8, 3), (7, 2), (7, 3), (6, 2), (6, 3), (5, 2), (5, 3), (4, 2), (4, 3), (3, 2), (2, 2)))
-LEARNED_LADDER: tuple[dict, ...] = tuple(dict(step=s, deadzone=d) for s, d in (
+LEARNED_LADDER: tuple[CodecParams, ...] = tuple(dict(step=s, deadzone=d) for s, d in (
     (1.0, 1), (1.0, 2), (1.5, 1), (1.5, 2), (2.0, 2), (3.0, 2), (4.0, 2), (6.0, 2)))
 
 
-class _Adaptive:
-    """Mixin over a temporal-style encoder: picks the ladder rung that fits the budget."""
+class _Adaptive(TemporalEncoder):
+    """Over a temporal-style encoder (first in the bases): picks the ladder rung that fits the budget."""
 
-    def _setup(self, budget_bps: float, fps: float, ladder, start: int | None, headroom_up: float) -> None:
+    def _setup(self, budget_bps: float, fps: float, ladder: Sequence[CodecParams], start: int | None,
+               headroom_up: float) -> None:
         if budget_bps <= 0 or fps <= 0:
             raise ValueError("budget_bps and fps must be positive")
         self.ladder = tuple(ladder)
@@ -43,11 +47,11 @@ class _Adaptive:
     def estimated_bps(self) -> float:
         return sum(self._sizes) / max(len(self._sizes), 1) * self.fps
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         return {**super().report(), "budget_bps": self.budget_bps, "estimated_bps": round(self.estimated_bps),
                 "level": self.level, "target": dict(self.ladder[self.level])}
 
-    def _encode(self, tensors, key):
+    def _encode(self, tensors: Tensors, key: bool) -> list[TensorRecord]:
         if key:
             self._apply(key=True)
         return super()._encode(tensors, key)
@@ -74,15 +78,16 @@ class _Adaptive:
             self._hold = max(self.key_interval // 3, 1)
 
 
-class AdaptiveEncoder(_Adaptive, TemporalEncoder):
-    def __init__(self, budget_bps: float, fps: float = 10.0, ladder=TEMPORAL_LADDER, start: int | None = None,
-                 headroom_up: float = 0.6, **kw) -> None:
+class AdaptiveEncoder(_Adaptive):
+    def __init__(self, budget_bps: float, fps: float = 10.0, ladder: Sequence[CodecParams] = TEMPORAL_LADDER,
+                 start: int | None = None, headroom_up: float = 0.6, **kw: Any) -> None:
         TemporalEncoder.__init__(self, **{**kw, **ladder[0]})
         self._setup(budget_bps, fps, ladder, start, headroom_up)
 
 
 class AdaptiveLearnedEncoder(_Adaptive, LearnedEncoder):
-    def __init__(self, path: str, budget_bps: float, fps: float = 10.0, ladder=LEARNED_LADDER,
-                 start: int | None = None, headroom_up: float = 0.6, **kw) -> None:
+    def __init__(self, path: str, budget_bps: float, fps: float = 10.0,
+                 ladder: Sequence[CodecParams] = LEARNED_LADDER, start: int | None = None, headroom_up: float = 0.6,
+                 **kw: Any) -> None:
         LearnedEncoder.__init__(self, path, **{**kw, **ladder[0]})
         self._setup(budget_bps, fps, ladder, start, headroom_up)

@@ -23,6 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,24 +38,26 @@ class Basis:
     mean: np.ndarray  # [C]
     encode_matrix: np.ndarray  # [k, C]
     decode_matrix: np.ndarray  # [C, k]
-    meta: dict
+    meta: dict[str, Any]
     model_id: str
 
     @classmethod
     def from_arrays(cls, mean: np.ndarray, encode_matrix: np.ndarray, decode_matrix: np.ndarray,
-                    meta: dict) -> "Basis":
-        arrays = [np.ascontiguousarray(a, np.float32) for a in (mean, encode_matrix, decode_matrix)]
-        k, c = arrays[1].shape
-        if arrays[0].shape != (c,) or arrays[2].shape != (c, k) or not all(np.all(np.isfinite(a)) for a in arrays):
-            raise CodecError(f"basis arrays do not fit together: mean {arrays[0].shape}, encode {arrays[1].shape}, "
-                             f"decode {arrays[2].shape}")
+                    meta: dict[str, Any]) -> Basis:
+        mean, encode_matrix, decode_matrix = (np.ascontiguousarray(a, np.float32)
+                                              for a in (mean, encode_matrix, decode_matrix))
+        k, c = encode_matrix.shape
+        arrays = (mean, encode_matrix, decode_matrix)
+        if mean.shape != (c,) or decode_matrix.shape != (c, k) or not all(np.all(np.isfinite(a)) for a in arrays):
+            raise CodecError(f"basis arrays do not fit together: mean {mean.shape}, encode {encode_matrix.shape}, "
+                             f"decode {decode_matrix.shape}")
         digest = hashlib.sha256()
         for a in arrays:
             digest.update(a.tobytes())
-        return cls(*arrays, meta=meta, model_id=digest.hexdigest()[:16])
+        return cls(mean, encode_matrix, decode_matrix, meta, digest.hexdigest()[:16])
 
     @classmethod
-    def load(cls, path: str | Path) -> "Basis":
+    def load(cls, path: str | Path) -> Basis:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"basis file not found: {path}")
@@ -77,15 +80,15 @@ class Basis:
 
     @property
     def channels(self) -> int:
-        return self.encode_matrix.shape[1]
+        return int(self.encode_matrix.shape[1])
 
     @property
     def components(self) -> int:
-        return self.encode_matrix.shape[0]
+        return int(self.encode_matrix.shape[0])
 
     @property
     def tensor(self) -> str:
-        return self.meta.get("tensor", "x4")
+        return str(self.meta.get("tensor", "x4"))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[1, C, H, W] -> [1, k, H, W]."""
@@ -93,17 +96,19 @@ class Basis:
             raise CodecError(f"basis {self.model_id} takes [1, {self.channels}, H, W], got {x.shape}")
         _, c, h, w = x.shape
         centred = x.reshape(c, -1) - self.mean[:, None]
-        return (self.encode_matrix @ centred).reshape(1, -1, h, w)
+        y: np.ndarray = (self.encode_matrix @ centred).reshape(1, -1, h, w)
+        return y
 
     def decode(self, y: np.ndarray) -> np.ndarray:
         """[1, k, H, W] -> [1, C, H, W]."""
         if y.ndim != 4 or y.shape[:2] != (1, self.components):
             raise CodecError(f"basis {self.model_id} decodes [1, {self.components}, H, W], got {y.shape}")
         _, k, h, w = y.shape
-        return (self.decode_matrix @ y.reshape(k, -1) + self.mean[:, None]).reshape(1, -1, h, w)
+        x: np.ndarray = (self.decode_matrix @ y.reshape(k, -1) + self.mean[:, None]).reshape(1, -1, h, w)
+        return x
 
 
-def from_features(feats: np.ndarray, metric: np.ndarray, components: int, meta: dict) -> Basis:
+def from_features(feats: np.ndarray, metric: np.ndarray, components: int, meta: dict[str, Any]) -> Basis:
     """Fit a basis to features [N, C, H, W] under the consumer metric [C, C] (see the module doc)."""
     n, c = feats.shape[:2]
     if not 1 <= components <= c:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from split_infer.codec.basis import Basis, from_features
+from split_infer.codec.train import Log, collect_features
+from split_infer.model.partition import CloudPart, YoloLayer, sources
 
 
-def _conv_weights_reading_input(module) -> list[np.ndarray]:
+def _conv_weights_reading_input(module: YoloLayer) -> list[np.ndarray]:
     """The convolutions that read a YOLOv5 module's input directly: Conv -> its conv; C3 -> cv1, cv2."""
     kind = type(module).__name__
     if kind == "Conv":
@@ -29,12 +31,10 @@ def _conv_weights_reading_input(module) -> list[np.ndarray]:
                      "use --metric identity")
 
 
-def consumer_metric(cloud, tensor_index: int, channels: int) -> np.ndarray:
+def consumer_metric(cloud: CloudPart, tensor_index: int, channels: int) -> np.ndarray:
     """M = sum of W^T W over the convolutions (and taps) of the head that read the cut tensor; a Concat
     that reads it passes it on to the layers that read the Concat, at its channel offset."""
-    from split_infer.model.partition import _sources
-
-    layers = cloud.all_layers
+    layers: list[YoloLayer] = list(cloud.all_layers)
     metric = np.zeros((channels, channels))
 
     def add(weights: np.ndarray, offset: int) -> None:
@@ -42,14 +42,14 @@ def consumer_metric(cloud, tensor_index: int, channels: int) -> np.ndarray:
         metric[:] += np.einsum("oikl,ojkl->ij", w, w)
 
     for m in layers[cloud.cut + 1:]:
-        src = _sources(m)
+        src = sources(m)
         if tensor_index not in src:
             continue
         if type(m).__name__ == "Concat":
             if src[-1] != tensor_index:
                 raise ValueError(f"layer {m.i} concatenates the cut tensor before other inputs; offset unknown")
             for reader in layers[m.i + 1:]:
-                if m.i in _sources(reader):
+                if m.i in sources(reader):
                     for w in _conv_weights_reading_input(reader):
                         add(w, w.shape[1] - channels)
         else:
@@ -62,9 +62,7 @@ def consumer_metric(cloud, tensor_index: int, channels: int) -> np.ndarray:
 
 def calibrate(video: str, out: str, frames: tuple[int, int | None] = (0, None), every: int = 2,
               components: int = 64, metric: str = "consumer", model_name: str = "yolov5s", cut: int = 4,
-              imgsz: tuple[int, int] = (640, 384), log=print) -> Basis:
-    from split_infer.codec.train import collect_features
-
+              imgsz: tuple[int, int] = (640, 384), log: Log = print) -> Basis:
     feats, tensor, cloud, span = collect_features(video, frames, every, model_name, cut, imgsz, log=log)
     c = feats.shape[1]
     m = consumer_metric(cloud, int(tensor[1:]), c) if metric == "consumer" else np.eye(c)

@@ -12,6 +12,10 @@ import argparse
 import json
 import sys
 
+from split_infer.codec.basis import Basis
+from split_infer.codec.learned import LearnedModel
+from split_infer.model.preprocess import parse_imgsz
+
 
 def _span(text: str) -> tuple[int, int | None]:
     a, _, b = text.partition(":")
@@ -54,22 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("path")
     args = ap.parse_args(argv)
     if args.cmd == "info":
-        if args.path.endswith(".basis.npz"):
-            from split_infer.codec.basis import Basis as Model
-        else:
-            from split_infer.codec.learned import LearnedModel as Model
-        m = Model.load(args.path)
+        m = Basis.load(args.path) if args.path.endswith(".basis.npz") else LearnedModel.load(args.path)
         print(json.dumps({"id": m.model_id, **m.meta}, indent=1))
         return 0
-    from split_infer.model.preprocess import parse_imgsz
-
     if args.cmd == "calibrate":
-        from split_infer.codec.calibrate import calibrate
+        from split_infer.codec.calibrate import calibrate  # torch, a cloud/dev dependency
 
         calibrate(args.video, args.out, frames=args.frames, every=args.every, components=args.components,
                   metric=args.metric, model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz))
         return 0
-    from split_infer.codec.train import train
+    from split_infer.codec.train import train  # torch, a cloud/dev dependency
 
     train(args.video, args.out, frames=args.frames, every=args.every, steps=args.steps,
           pretrain_steps=args.pretrain_steps, channels=args.channels, batch=args.batch,

@@ -13,13 +13,26 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from split_infer.codec import quant
 from split_infer.codec.errors import CodecError
-from split_infer.codec.wire import Q_AFFINE, Q_DELTA, Q_RAW, Frame, Limits, TensorRecord, pack, unpack
+from split_infer.codec.wire import (
+    DEFAULT_LIMITS,
+    Q_AFFINE,
+    Q_DELTA,
+    Q_RAW,
+    CodecParams,
+    Limits,
+    TensorRecord,
+    WireFrame,
+    pack,
+    unpack,
+)
+
+Tensors = dict[str, np.ndarray]  # tensor name -> array, what an encoder takes and a decoder returns
 
 
 class EncodedFrame(NamedTuple):
@@ -31,19 +44,20 @@ class EncodedFrame(NamedTuple):
 
 
 # wire codec name -> factory of a per-stream frame decoder: (frame, decoder) -> tensors
-FrameDecoder = Callable[[Frame, "Decoder"], dict[str, np.ndarray]]
+FrameDecoder = Callable[[WireFrame, "Decoder"], Tensors]
 _FRAME_DECODERS: dict[str, Callable[[], FrameDecoder]] = {}
+_Factory = TypeVar("_Factory", bound=Callable[[], FrameDecoder])
 
 
-def register_frame_decoder(codec: str):
+def register_frame_decoder(codec: str) -> Callable[[_Factory], _Factory]:
     """Class decorator: frames of wire codec `codec` decode through a fresh instance per stream."""
-    def wrap(factory):
+    def wrap(factory: _Factory) -> _Factory:
         _FRAME_DECODERS[codec] = factory
         return factory
     return wrap
 
 
-def _check_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _check_tensors(tensors: Tensors) -> Tensors:
     if not isinstance(tensors, dict) or not tensors:
         raise CodecError("encode() takes a non-empty dict of name -> float array")
     out = {}
@@ -71,23 +85,23 @@ class Encoder:
         self._force_key = True
 
     @property
-    def params(self) -> dict:
+    def params(self) -> CodecParams:
         return {}
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """The setting in use (the bandwidth-adaptive encoder reports what it chose)."""
         return {"codec": self.codec, **self.params}
 
-    def encode(self, tensors: dict[str, np.ndarray]) -> bytes:
+    def encode(self, tensors: Tensors) -> bytes:
         """The payload of one frame (see `encode_frame` for whether it is a key frame)."""
         return self.encode_frame(tensors).payload
 
-    def encode_frame(self, tensors: dict[str, np.ndarray]) -> EncodedFrame:
+    def encode_frame(self, tensors: Tensors) -> EncodedFrame:
         try:
             tensors = _check_tensors(tensors)
             key = self._force_key or self._wants_key(tensors)
             records = self._encode(tensors, key)
-            payload = pack(Frame(self.codec, self.seq, key, records, self.params, self.cut, self.stream),
+            payload = pack(WireFrame(self.codec, self.seq, key, records, self.params, self.cut, self.stream),
                            self.zstd_level)
         except Exception:
             self._force_key = True  # our reference may be half-updated: restart cleanly
@@ -98,13 +112,13 @@ class Encoder:
         self._after(len(payload), key)
         return out
 
-    def _wants_key(self, tensors: dict[str, np.ndarray]) -> bool:
+    def _wants_key(self, tensors: Tensors) -> bool:
         return False
 
     def _after(self, nbytes: int, key: bool) -> None:
         pass
 
-    def _encode(self, tensors: dict[str, np.ndarray], key: bool) -> list[TensorRecord]:
+    def _encode(self, tensors: Tensors, key: bool) -> list[TensorRecord]:
         raise NotImplementedError
 
 
@@ -113,20 +127,20 @@ class QuantEncoder(Encoder):
 
     codec = "q8-zstd"
 
-    def __init__(self, bits: int = 8, **kw) -> None:
+    def __init__(self, bits: int = 8, **kw: Any) -> None:
         super().__init__(**kw)
         if not 2 <= bits <= 8:
             raise ValueError("bits must be 2..8")
         self.bits = bits
 
     @property
-    def params(self) -> dict:
+    def params(self) -> CodecParams:
         return {"bits": self.bits}
 
-    def _wants_key(self, tensors) -> bool:
+    def _wants_key(self, tensors: Tensors) -> bool:
         return True
 
-    def _encode(self, tensors, key):
+    def _encode(self, tensors: Tensors, key: bool) -> list[TensorRecord]:
         recs = []
         for name, x in tensors.items():
             scale, offset = quant.affine_params(*quant.channel_range(x), self.bits)
@@ -157,7 +171,7 @@ class TemporalEncoder(Encoder):
     codec = "temporal"
 
     def __init__(self, bits: int = 8, deadzone: int = 2, key_interval: int = 30, headroom: float = 0.05,
-                 **kw) -> None:
+                 **kw: Any) -> None:
         super().__init__(**kw)
         if not 2 <= bits <= 8 or deadzone < 1 or key_interval < 1:
             raise ValueError("bits 2..8, deadzone >= 1, key_interval >= 1")
@@ -166,10 +180,10 @@ class TemporalEncoder(Encoder):
         self._since_key = 0
 
     @property
-    def params(self) -> dict:
+    def params(self) -> CodecParams:
         return {"bits": self.bits, "deadzone": self.deadzone, "key_interval": self.key_interval}
 
-    def _wants_key(self, tensors) -> bool:
+    def _wants_key(self, tensors: Tensors) -> bool:
         if self._since_key >= self.key_interval or set(tensors) != set(self._refs):
             return True
         return any(self._refs[n].codes.shape != x.shape or self._refs[n].bits != self.bits
@@ -183,7 +197,7 @@ class TemporalEncoder(Encoder):
         pad = (hi - lo) * self.headroom
         return quant.affine_params(lo - pad, hi + pad, self.bits)
 
-    def _encode(self, tensors, key):
+    def _encode(self, tensors: Tensors, key: bool) -> list[TensorRecord]:
         recs = []
         if key:
             self._refs = {}
@@ -212,16 +226,16 @@ class TemporalEncoder(Encoder):
 class Decoder:
     """Decodes any codec's payloads for one stream; keeps the reference of stateful codecs."""
 
-    def __init__(self, limits: Limits = Limits(), learned_dir: str | None = None) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, learned_dir: str | None = None) -> None:
         self.limits, self.learned_dir = limits, learned_dir  # learned_dir: model files for frames that name one
-        self.cache: dict = {}  # per-decoder state of registered frame decoders (loaded models)
+        self.cache: dict[str, Any] = {}  # per-decoder state of registered frame decoders (loaded models)
         self._frame_decoders: dict[str, FrameDecoder] = {}
         self._refs: dict[str, _Ref] = {}
         self._last_seq: int | None = None
         self._stream: int | None = None
         self._codec: str | None = None
         self.needs_key_frame = True  # nothing to predict from yet
-        self.last_frame: Frame | None = None  # header of the last decoded frame (codec, seq, params)
+        self.last_frame: WireFrame | None = None  # header of the last decoded frame (codec, seq, params)
 
     @property
     def last_frame_self_contained(self) -> bool:
@@ -230,7 +244,7 @@ class Decoder:
         f = self.last_frame
         return f is not None and f.key and f.codec not in _FRAME_DECODERS
 
-    def decode(self, payload: bytes) -> dict[str, np.ndarray]:
+    def decode(self, payload: bytes) -> Tensors:
         try:
             frame = unpack(payload, self.limits)
             out = self._decode(frame)
@@ -244,7 +258,7 @@ class Decoder:
         self.needs_key_frame, self.last_frame = False, frame
         return out
 
-    def _decode(self, frame: Frame) -> dict[str, np.ndarray]:
+    def _decode(self, frame: WireFrame) -> Tensors:
         if not frame.key:
             self._check_order(frame)
         if frame.codec not in _FRAME_DECODERS:
@@ -253,9 +267,10 @@ class Decoder:
             self._frame_decoders[frame.codec] = _FRAME_DECODERS[frame.codec]()
         return self._frame_decoders[frame.codec](frame, self)
 
-    def decode_codes(self, frame: Frame) -> dict[str, np.ndarray]:
+    def decode_codes(self, frame: WireFrame) -> Tensors:
         """Affine, delta or raw codes -> tensors, keeping the reference of delta streams."""
-        refs, out = {}, {}
+        refs: dict[str, _Ref] = {}
+        out: Tensors = {}
         for t in frame.tensors:
             if t.mode == Q_RAW:
                 out[t.name] = np.frombuffer(t.body, t.dtype).reshape(t.shape).copy()
@@ -264,7 +279,7 @@ class Decoder:
             if t.mode == Q_AFFINE:
                 if not frame.key and frame.codec != "q8-zstd":
                     raise CodecError(f"tensor {t.name}: absolute codes in a delta frame")
-                ref = _Ref(codes.copy(), t.scales, t.offsets, t.bits)
+                ref = _Ref(codes.copy(), *t.affine(), t.bits)
             else:  # Q_DELTA
                 if frame.key:
                     raise CodecError(f"tensor {t.name}: delta codes in a key frame")
@@ -282,7 +297,7 @@ class Decoder:
         self._refs = refs  # commit only after the whole frame decoded
         return out
 
-    def _check_order(self, frame: Frame) -> None:
+    def _check_order(self, frame: WireFrame) -> None:
         if self.needs_key_frame or self._last_seq is None:
             raise CodecError(f"delta frame {frame.seq} but no valid reference: waiting for a key frame")
         if frame.stream != self._stream:

@@ -16,19 +16,21 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from split_infer.codec.codecs import Decoder, TemporalEncoder, register_frame_decoder
+from split_infer.codec.codecs import Decoder, TemporalEncoder, Tensors, register_frame_decoder
 from split_infer.codec.errors import CodecError
-from split_infer.codec.wire import Frame
+from split_infer.codec.wire import CodecParams, TensorRecord, WireFrame
 
 LATENT = "z"  # the latent's tensor name on the wire
 ZERO_CODE = 128  # the code of latent value 0
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+    y: np.ndarray = x / (1.0 + np.exp(-x))
+    return y
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,7 +41,8 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     cout, cin, k, _ = w.shape
     _, h, wd = x.shape
     if k == 1:
-        return (w[:, :, 0, 0] @ x.reshape(cin, -1)).reshape(cout, h, wd) + b[:, None, None]
+        pointwise: np.ndarray = (w[:, :, 0, 0] @ x.reshape(cin, -1)).reshape(cout, h, wd) + b[:, None, None]
+        return pointwise
     p = k // 2
     xp = np.pad(x, ((0, 0), (p, p), (p, p)))
     taps = w.transpose(2, 3, 0, 1).reshape(k * k * cout, cin)  # [(dy, dx, cout), cin]
@@ -55,11 +58,11 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass
 class LearnedModel:
     weights: dict[str, np.ndarray]
-    meta: dict
+    meta: dict[str, Any]
     model_id: str
 
     @classmethod
-    def load(cls, path: str | Path) -> "LearnedModel":
+    def load(cls, path: str | Path) -> LearnedModel:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"learned codec model not found: {path}")
@@ -68,12 +71,13 @@ class LearnedModel:
             meta = json.loads(bytes(npz["meta"]).decode())
         digest = hashlib.sha256()
         for k in sorted(weights):
-            digest.update(k.encode()); digest.update(weights[k].tobytes())
+            digest.update(k.encode())
+            digest.update(weights[k].tobytes())
         return cls(weights, meta, digest.hexdigest()[:16])
 
     @property
     def tensor(self) -> str:
-        return self.meta.get("tensor", "x4")
+        return str(self.meta.get("tensor", "x4"))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[1, 128, H, W] features -> [1, C, H, W] latent (float, before rounding)."""
@@ -83,18 +87,22 @@ class LearnedModel:
 
     def decode(self, y: np.ndarray) -> np.ndarray:
         """Latent -> features. Runs in the cloud: torch when installed (faster), numpy otherwise."""
-        w = self.weights
         if importlib.util.find_spec("torch") is not None:
-            import torch
-            import torch.nn.functional as F
-
-            t = {k: torch.from_numpy(v) for k, v in w.items()}
-            with torch.no_grad():
-                y_t = torch.from_numpy(y.astype(np.float32))
-                h = F.silu(F.conv2d(y_t, t["dec1.weight"], t["dec1.bias"], padding=1))
-                return F.silu(F.conv2d(h, t["dec2.weight"], t["dec2.bias"], padding=1)).numpy()
+            return self._decode_torch(y)
+        w = self.weights
         h = silu(conv(y[0].astype(np.float32), w["dec1.weight"], w["dec1.bias"]))
         return silu(conv(h, w["dec2.weight"], w["dec2.bias"]))[None]
+
+    def _decode_torch(self, y: np.ndarray) -> np.ndarray:
+        import torch  # optional heavy dependency: the cloud has it, the edge does not
+        import torch.nn.functional as F
+
+        t = {k: torch.from_numpy(v) for k, v in self.weights.items()}
+        with torch.no_grad():
+            y_t = torch.from_numpy(y.astype(np.float32))
+            h = F.silu(F.conv2d(y_t, t["dec1.weight"], t["dec1.bias"], padding=1))
+            x: np.ndarray = F.silu(F.conv2d(h, t["dec2.weight"], t["dec2.bias"], padding=1)).numpy()
+        return x
 
 
 class LearnedEncoder(TemporalEncoder):
@@ -105,7 +113,7 @@ class LearnedEncoder(TemporalEncoder):
 
     codec = "learned"
 
-    def __init__(self, path: str, step: float = 1.0, deadzone: int = 1, key_interval: int = 30, **kw) -> None:
+    def __init__(self, path: str, step: float = 1.0, deadzone: int = 1, key_interval: int = 30, **kw: Any) -> None:
         super().__init__(bits=8, deadzone=deadzone, key_interval=key_interval, **kw)
         self.model = LearnedModel.load(path)
         if self.cut is None:
@@ -115,16 +123,16 @@ class LearnedEncoder(TemporalEncoder):
         self.step = float(step)
 
     @property
-    def params(self) -> dict:
+    def params(self) -> CodecParams:
         return {"model": self.model.model_id, "step": self.step, "deadzone": self.deadzone,
                 "key_interval": self.key_interval, "tensor": self.model.tensor}
 
-    def _wants_key(self, tensors) -> bool:
+    def _wants_key(self, tensors: Tensors) -> bool:
         ref = self._refs.get(LATENT)
         x = next(iter(tensors.values()))
         return self._since_key >= self.key_interval or ref is None or ref.codes.shape[2:] != x.shape[2:]
 
-    def _encode(self, tensors, key):
+    def _encode(self, tensors: Tensors, key: bool) -> list[TensorRecord]:
         if set(tensors) == {LATENT}:  # the edge IR already ran this encoder (split-infer export --codec-model)
             return super()._encode(tensors, key)
         name = self.model.tensor
@@ -160,11 +168,11 @@ class LearnedFrameDecoder:
     """Cloud side of one stream: the latent's codes as the temporal codec sends them, then the
     model's decoder back to the features the head expects."""
 
-    def __call__(self, frame: Frame, decoder: Decoder) -> dict[str, np.ndarray]:
+    def __call__(self, frame: WireFrame, decoder: Decoder) -> Tensors:
         return reconstruct(decoder.decode_codes(frame), frame.params, decoder)
 
 
-def reconstruct(latents: dict[str, np.ndarray], params: dict, decoder: Decoder) -> dict[str, np.ndarray]:
+def reconstruct(latents: Tensors, params: CodecParams, decoder: Decoder) -> Tensors:
     """Cloud side: dequantised latent -> the features the head expects."""
     if set(latents) != {LATENT}:
         raise CodecError(f"a learned frame carries exactly the tensor {LATENT!r}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 
 def channel_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -20,19 +23,20 @@ def affine_params(lo: np.ndarray, hi: np.ndarray, bits: int) -> tuple[np.ndarray
 
 
 def _bcast(v: np.ndarray, ndim: int) -> np.ndarray:
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
+    out: np.ndarray = v.reshape((1, -1) + (1,) * (ndim - 2))
+    return out
 
 
 def quantise(x: np.ndarray, scale: np.ndarray, offset: np.ndarray, bits: int) -> np.ndarray:
     """Codes (uint8) of x; values outside the calibrated range are clipped to it."""
     inv = np.where(scale > 0, 1.0 / np.maximum(scale, 1e-30), 0.0).astype(np.float32)
-    q = (x - _bcast(offset, x.ndim)) * _bcast(inv, x.ndim)
+    q: np.ndarray = (x - _bcast(offset, x.ndim)) * _bcast(inv, x.ndim)
     q += 0.5  # floor(v + 0.5) == round half up; cheaper than np.rint + a second pass
     np.clip(q, 0, (1 << bits) - 1, out=q)
     return q.astype(np.uint8)
 
 
-def dequantise(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, dtype=np.float32) -> np.ndarray:
-    nd = codes.ndim
-    out = codes.astype(np.float32) * _bcast(scale, nd) + _bcast(offset, nd)
+def dequantise(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+               dtype: npt.DTypeLike = np.float32) -> npt.NDArray[Any]:
+    out: np.ndarray = codes.astype(np.float32) * _bcast(scale, codes.ndim) + _bcast(offset, codes.ndim)
     return out.astype(dtype, copy=False)

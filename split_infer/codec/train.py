@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
+import torch
+from torch import nn
+
+from split_infer.model.loading import load_model
+from split_infer.model.partition import CloudPart, partition
+from split_infer.model.preprocess import letterbox
+
+Log = Callable[[str], object]
 
 
 def collect_features(video: str, frames: tuple[int, int | None], every: int, model_name: str, cut: int,
-                     imgsz: tuple[int, int], log=print):
-    """Edge features of frames [a, b) (every `every`-th) -> float16 array [N, C, H, W], tensor name."""
-    import cv2
-    import torch
-
-    from split_infer.model.loading import load_model
-    from split_infer.model.partition import partition
-    from split_infer.model.preprocess import letterbox
-
+                     imgsz: tuple[int, int], log: Log = print
+                     ) -> tuple[np.ndarray, str, CloudPart, tuple[int, int]]:
+    """Edge features of frames [a, b) (every `every`-th) -> float16 array [N, C, H, W], the tensor's
+    name, the cloud part that reads it, and the frame span read."""
     edge, cloud = partition(load_model(model_name), cut)
     if len(edge.output_names) != 1:
         raise ValueError(f"cut {cut} sends {edge.output_names}; the learned bottleneck handles one tensor")
@@ -57,38 +63,39 @@ def collect_features(video: str, frames: tuple[int, int | None], every: int, mod
     return np.stack(feats), edge.output_names[0], cloud, (a, i)
 
 
-def build(channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128):
-    import torch
-    from torch import nn
+class Bottleneck(nn.Module):
+    """The learned codec being trained: encoder, decoder, and the entropy model of the latent."""
 
-    class Bottleneck(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.enc1 = nn.Conv2d(cin, hidden, 1)
-            self.enc2 = nn.Conv2d(hidden, channels, 3, padding=1)
-            self.dec1 = nn.Conv2d(channels, dec_hidden, 3, padding=1)
-            self.dec2 = nn.Conv2d(dec_hidden, cin, 3, padding=1)
-            self.log_scale = nn.Parameter(torch.zeros(channels))  # factorized logistic entropy model
+    def __init__(self, channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128) -> None:
+        super().__init__()
+        self.enc1 = nn.Conv2d(cin, hidden, 1)
+        self.enc2 = nn.Conv2d(hidden, channels, 3, padding=1)
+        self.dec1 = nn.Conv2d(channels, dec_hidden, 3, padding=1)
+        self.dec2 = nn.Conv2d(dec_hidden, cin, 3, padding=1)
+        self.log_scale = nn.Parameter(torch.zeros(channels))  # factorized logistic entropy model
 
-        def encode(self, x):
-            return self.enc2(nn.functional.silu(self.enc1(x)))
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.enc2(nn.functional.silu(self.enc1(x)))
+        return y
 
-        def decode(self, y):
-            return nn.functional.silu(self.dec2(nn.functional.silu(self.dec1(y))))
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(self.dec2(nn.functional.silu(self.dec1(y))))
 
-        def bits(self, y_noisy):
-            s = self.log_scale.exp().view(1, -1, 1, 1)
-            p = torch.sigmoid((y_noisy + 0.5) / s) - torch.sigmoid((y_noisy - 0.5) / s)
-            return -torch.log2(p.clamp_min(1e-9))
-
-    return Bottleneck()
+    def bits(self, y_noisy: torch.Tensor) -> torch.Tensor:
+        s = self.log_scale.exp().view(1, -1, 1, 1)
+        p = torch.sigmoid((y_noisy + 0.5) / s) - torch.sigmoid((y_noisy - 0.5) / s)
+        return -torch.log2(p.clamp_min(1e-9))
 
 
-def _distill_loss(s, t):
+def build(channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128) -> Bottleneck:
+    return Bottleneck(channels, hidden, dec_hidden, cin)
+
+
+def _distill_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Head outputs [B, N, 85] (xywh px, obj, 80 class probs): student vs teacher."""
     eps = 1e-6
 
-    def kl(p, q):  # binary KL(q || p) per element
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:  # binary KL(q || p) per element
         p, q = p.clamp(eps, 1 - eps), q.clamp(eps, 1 - eps)
         return q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()
     t_obj = t[..., 4]
@@ -105,9 +112,7 @@ def train(video: str, out: str, frames: tuple[int, int | None] = (0, None), ever
           rate_weight: float = 0.02, feat_weight: float = 1.0, out_weight: float = 1.0,
           init: str | None = None, model_name: str = "yolov5s", cut: int = 4,
           imgsz: tuple[int, int] = (640, 384), threads: int = 2, seed: int = 0, max_seconds: float | None = None,
-          log=print) -> dict:
-    import torch
-
+          log: Log = print) -> dict[str, Any]:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -135,7 +140,7 @@ def train(video: str, out: str, frames: tuple[int, int | None] = (0, None), ever
         distill = step >= pretrain_steps  # first the cheap feature loss, then through the frozen head
         idx = rng.integers(0, n, batch)
         ys, xs = rng.integers(0, h - ch + 1, batch) // 4 * 4, rng.integers(0, w - cw + 1, batch) // 4 * 4
-        x = torch.from_numpy(np.stack([feats[i, :, y:y + ch, x_:x_ + cw] for i, y, x_ in zip(idx, ys, xs)])
+        x = torch.from_numpy(np.stack([feats[i, :, y:y + ch, x_:x_ + cw] for i, y, x_ in zip(idx, ys, xs, strict=True)])
                              .astype(np.float32))
         y = net.encode(x)
         y_hat = y + (torch.round(y) - y).detach()  # straight-through rounding: the decoder sees integers
@@ -150,7 +155,7 @@ def train(video: str, out: str, frames: tuple[int, int | None] = (0, None), ever
             d_out = torch.zeros(())
         loss = feat_weight * d_feat + out_weight * d_out + rate_weight * bits
         opt.zero_grad()
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), which torch leaves untyped
         opt.step()
         sched.step()
         hist.append((d_feat.item(), d_out.item(), bits.item()))
@@ -175,7 +180,7 @@ def train(video: str, out: str, frames: tuple[int, int | None] = (0, None), ever
     return meta
 
 
-def save(net, path: str, meta: dict) -> None:
+def save(net: nn.Module, path: str, meta: dict[str, Any]) -> None:
     arrays = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +188,6 @@ def save(net, path: str, meta: dict) -> None:
         np.savez(f, **arrays)
 
 
-def _load_npz(path: str) -> tuple[dict[str, np.ndarray], dict]:
+def _load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files if k != "meta"}, json.loads(bytes(npz["meta"]).decode())

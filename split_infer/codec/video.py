@@ -20,15 +20,21 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from split_infer.codec import basis as bases
 from split_infer.codec import quant
 from split_infer.codec.basis import Basis
-from split_infer.codec.codecs import Decoder, Encoder, register_frame_decoder
+from split_infer.codec.codecs import Decoder, Encoder, Tensors, register_frame_decoder
 from split_infer.codec.errors import CodecError
-from split_infer.codec.wire import Frame, Q_VIDEO, TensorRecord
+from split_infer.codec.wire import Q_VIDEO, CodecParams, TensorRecord, WireFrame
+
+if TYPE_CHECKING:
+    from av.video.codeccontext import VideoCodecContext
+    from av.video.frame import VideoFrame
 
 # Inner codecs: our name -> (FFmpeg encoder, FFmpeg decoder). The name travels in the params.
 INNER = {"h264": ("libx264", "h264"), "hevc": ("libx265", "hevc")}
@@ -37,9 +43,9 @@ SPAN = 127  # codes MID - SPAN .. MID + SPAN cover mean -/+ clip * std
 MAX_PICTURE = 8192  # mosaic width or height: what x264/x265 accept comfortably
 
 
-def _av():
+def _av() -> ModuleType:
     try:
-        import av
+        import av  # loads FFmpeg's libraries (0.15 s): only once a video stream starts
     except ImportError as e:  # pragma: no cover - av is a core dependency
         raise CodecError("the video codec needs PyAV (pip install av)") from e
     av.logging.set_level(av.logging.PANIC)  # a hostile packet must not spam the log; errors still raise
@@ -56,7 +62,7 @@ class Mosaic:
     cols: int
 
     @classmethod
-    def for_shape(cls, shape: tuple[int, ...], cols: int | None = None) -> "Mosaic":
+    def for_shape(cls, shape: tuple[int, ...], cols: int | None = None) -> Mosaic:
         if len(shape) != 4 or shape[0] != 1:
             raise CodecError(f"the video codec takes [1, C, H, W] tensors, got shape {shape}")
         _, c, h, w = shape
@@ -88,18 +94,21 @@ class Mosaic:
         pad = self.rows * self.cols - c
         if pad:
             codes = np.concatenate([codes, np.full((pad, h, w), MID, np.uint8)])
-        return codes.reshape(self.rows, self.cols, h, w).transpose(0, 2, 1, 3).reshape(self.rows * h, self.cols * w)
+        tiles = codes.reshape(self.rows, self.cols, h, w).transpose(0, 2, 1, 3)
+        picture: np.ndarray = tiles.reshape(self.rows * h, self.cols * w)
+        return picture
 
     def unpack(self, picture: np.ndarray) -> np.ndarray:
         h, w = self.height, self.width
-        tiles = picture.reshape(self.rows, h, self.cols, w).transpose(0, 2, 1, 3).reshape(-1, h, w)
+        tiles: np.ndarray = picture.reshape(self.rows, h, self.cols, w).transpose(0, 2, 1, 3).reshape(-1, h, w)
         return tiles[:self.channels]
 
 
-def _encoder_context(inner: str, mosaic: Mosaic, crf: float, preset: str, key_interval: int, threads: int):
+def _encoder_context(inner: str, mosaic: Mosaic, crf: float, preset: str, key_interval: int,
+                     threads: int) -> VideoCodecContext:
     av = _av()
     name = INNER[inner][0]
-    ctx = av.CodecContext.create(name, "w")
+    ctx: VideoCodecContext = av.CodecContext.create(name, "w")
     ctx.width, ctx.height, ctx.pix_fmt = mosaic.picture_width, mosaic.picture_height, "yuv420p"
     ctx.time_base, ctx.framerate = Fraction(1, 10), Fraction(10, 1)  # nominal: CRF ignores the clock
     ctx.gop_size = key_interval
@@ -113,24 +122,25 @@ def _encoder_context(inner: str, mosaic: Mosaic, crf: float, preset: str, key_in
     return ctx
 
 
-def _picture(av, luma: np.ndarray):
+def _picture(av: ModuleType, luma: np.ndarray) -> VideoFrame:
     h, w = luma.shape
-    frame = av.VideoFrame(w, h, "yuv420p")
+    frame: VideoFrame = av.VideoFrame(w, h, "yuv420p")
     # Planes are written as is: no range conversion (a grey path that maps 0-255 to 16-235 costs
     # fidelity for nothing). Rows may be padded to an aligned line size.
     y = frame.planes[0]
     rows = np.full((h, y.line_size), MID, np.uint8)
     rows[:, :w] = luma
-    y.update(rows)
+    y.update(rows)  # type: ignore[arg-type]  # PyAV takes any buffer; its stub says bytes
     for chroma in frame.planes[1:]:
-        chroma.update(np.full(chroma.line_size * chroma.height, MID, np.uint8))
+        chroma.update(np.full(chroma.line_size * chroma.height, MID, np.uint8))  # type: ignore[arg-type]
     return frame
 
 
-def _luma(frame) -> np.ndarray:
+def _luma(frame: VideoFrame) -> np.ndarray:
     plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-    return rows[:, :plane.width]
+    rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+    luma: np.ndarray = rows[:, :plane.width]
+    return luma
 
 
 @dataclass
@@ -140,7 +150,7 @@ class _Stream:
     mosaic: Mosaic
     scale: np.ndarray
     offset: np.ndarray
-    ctx: object  # the inner codec context (PyAV)
+    ctx: VideoCodecContext  # the inner codec's
 
 
 def key_scales(x: np.ndarray, clip: float, balance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +180,7 @@ class VideoEncoder(Encoder):
 
     def __init__(self, inner: str = "h264", crf: float = 28, preset: str = "veryfast", clip: float = 8.0,
                  balance: float | None = None, key_interval: int = 30, threads: int = 1,
-                 basis: str | Path | None = None, **kw) -> None:
+                 basis: str | Path | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.basis = Basis.load(basis) if basis is not None else None
         if balance is None:  # a basis' components are in one metric already: one step for all
@@ -185,14 +195,14 @@ class VideoEncoder(Encoder):
         self._since_key = 0
 
     @property
-    def params(self) -> dict:
+    def params(self) -> CodecParams:
         cols = {name: st.mosaic.cols for name, st in self._streams.items()}
-        out = {"inner": self.inner, "crf": self.crf, "cols": max(cols.values(), default=0)}
+        out: CodecParams = {"inner": self.inner, "crf": self.crf, "cols": max(cols.values(), default=0)}
         if self.basis is not None:
             out["basis"] = self.basis.model_id
         return out
 
-    def _reduce(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _reduce(self, tensors: Tensors) -> Tensors:
         if self.basis is None:
             return tensors
         if set(tensors) != {self.basis.tensor}:
@@ -209,7 +219,7 @@ class VideoEncoder(Encoder):
             return x.shape
         return (x.shape[0], self.basis.components, *x.shape[2:])
 
-    def _wants_key(self, tensors) -> bool:
+    def _wants_key(self, tensors: Tensors) -> bool:
         if self._since_key >= self.key_interval or set(tensors) != set(self._streams):
             return True
         return any(Mosaic.for_shape(self._coded_shape(x), self._streams[n].mosaic.cols) != self._streams[n].mosaic
@@ -218,7 +228,7 @@ class VideoEncoder(Encoder):
     def _after(self, nbytes: int, key: bool) -> None:
         self._since_key = 1 if key else self._since_key + 1
 
-    def _encode(self, tensors, key):
+    def _encode(self, tensors: Tensors, key: bool) -> list[TensorRecord]:
         tensors = self._reduce(tensors)
         if key:
             if len(tensors) > 1 and len({Mosaic.for_shape(x.shape).cols for x in tensors.values()}) > 1:
@@ -251,7 +261,7 @@ class VideoFrameDecoder:
         self.streams: dict[str, _Stream] = {}
         self.inner: str | None = None
 
-    def __call__(self, frame: Frame, decoder: Decoder) -> dict[str, np.ndarray]:
+    def __call__(self, frame: WireFrame, decoder: Decoder) -> Tensors:
         av = _av()
         inner = frame.params.get("inner")
         if inner not in INNER:
@@ -267,31 +277,37 @@ class VideoFrameDecoder:
             if t.mode != Q_VIDEO:
                 raise CodecError(f"tensor {t.name}: the video codec sends video packets only")
             if frame.key:
-                ctx = av.CodecContext.create(INNER[inner][1], "r")
-                ctx.thread_count = 1  # frame threading would hold pictures back
-                cols = frame.params.get("cols")
-                if not isinstance(cols, int) or isinstance(cols, bool):
-                    raise CodecError(f"video key frame needs an integer 'cols', got {cols!r}")
-                self.streams[t.name] = _Stream(Mosaic.for_shape(t.shape, cols),
-                                               t.scales, t.offsets, ctx)
-            st = self.streams[t.name]
-            if (st.mosaic.channels, st.mosaic.height, st.mosaic.width) != tuple(t.shape[1:]) or t.shape[0] != 1:
-                raise CodecError(f"tensor {t.name}: shape {t.shape} does not match its key frame")
-            try:
-                pictures = st.ctx.decode(av.Packet(t.body))
-            except (av.error.FFmpegError, ValueError) as e:
-                raise CodecError(f"tensor {t.name}: inner {inner} packet does not decode: {e}") from None
-            if len(pictures) != 1:
-                raise CodecError(f"tensor {t.name}: inner {inner} packet gave {len(pictures)} pictures, not 1")
-            luma = _luma(pictures[0])
-            if luma.shape != (st.mosaic.picture_height, st.mosaic.picture_width):
-                raise CodecError(f"tensor {t.name}: picture {luma.shape} does not match the mosaic")
-            codes = st.mosaic.unpack(luma)[None]
-            out[t.name] = quant.dequantise(codes, st.scale, st.offset, t.dtype)
+                self.streams[t.name] = self._start_stream(av, t, inner, frame.params.get("cols"))
+            out[t.name] = self._decode_tensor(av, self.streams[t.name], t, inner)
         if "basis" in frame.params:
             basis = self._basis(str(frame.params["basis"]), decoder)
             out = {name: basis.decode(y) for name, y in out.items()}
         return out
+
+    @staticmethod
+    def _start_stream(av: ModuleType, t: TensorRecord, inner: str, cols: object) -> _Stream:
+        """A key frame's tensor: a fresh inner decoder, and the mosaic and scales it fixes."""
+        ctx = av.CodecContext.create(INNER[inner][1], "r")
+        ctx.thread_count = 1  # frame threading would hold pictures back
+        if not isinstance(cols, int) or isinstance(cols, bool):
+            raise CodecError(f"video key frame needs an integer 'cols', got {cols!r}")
+        return _Stream(Mosaic.for_shape(t.shape, cols), *t.affine(), ctx)
+
+    @staticmethod
+    def _decode_tensor(av: ModuleType, st: _Stream, t: TensorRecord, inner: str) -> np.ndarray:
+        if (st.mosaic.channels, st.mosaic.height, st.mosaic.width) != tuple(t.shape[1:]) or t.shape[0] != 1:
+            raise CodecError(f"tensor {t.name}: shape {t.shape} does not match its key frame")
+        try:
+            pictures = st.ctx.decode(av.Packet(t.body))
+        except (av.error.FFmpegError, ValueError) as e:
+            raise CodecError(f"tensor {t.name}: inner {inner} packet does not decode: {e}") from None
+        if len(pictures) != 1:
+            raise CodecError(f"tensor {t.name}: inner {inner} packet gave {len(pictures)} pictures, not 1")
+        luma = _luma(pictures[0])
+        if luma.shape != (st.mosaic.picture_height, st.mosaic.picture_width):
+            raise CodecError(f"tensor {t.name}: picture {luma.shape} does not match the mosaic")
+        codes = st.mosaic.unpack(luma)[None]
+        return quant.dequantise(codes, st.scale, st.offset, t.dtype)
 
     @staticmethod
     def _basis(model_id: str, decoder: Decoder) -> Basis:

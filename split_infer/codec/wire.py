@@ -8,11 +8,14 @@ allocates anything, verifies the CRC32 first, and decompresses with a hard outpu
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import zstandard
 
 from split_infer.codec.errors import CodecError
@@ -29,8 +32,8 @@ CUT_NONE = 0xFFFF
 VIDEO_SLACK = 1 << 16  # a video packet may exceed its raw codes by headers (lossless settings)
 
 # Decoded dtypes (the dtype the decoder returns).
-DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1"), 4: np.dtype("<i4")}
-DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in DTYPES.items()}
+DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1"), 4: np.dtype("<i4")}
+DTYPE_CODES: dict[np.dtype[Any], int] = {v: k for k, v in DTYPES.items()}
 
 # How a tensor's body is coded.
 Q_RAW = 0  # body: the decoded dtype's little-endian bytes
@@ -43,6 +46,9 @@ Q_VIDEO = 3
 _FIXED = struct.Struct("<4sBBBBIQHH")  # magic, version, codec, flags, n_tensors, stream, seq, cut, params_len
 _TENSOR_TAIL = struct.Struct("<BBI")  # quant mode, bits, body length
 _CRC = struct.Struct("<I")
+
+Float32Array = npt.NDArray[np.float32]
+CodecParams = dict[str, Any]  # a codec's settings in the header: JSON numbers and short strings
 
 
 @dataclass(frozen=True)
@@ -59,17 +65,20 @@ class Limits:
     max_name_len: int = 64
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass
 class TensorRecord:
     """One tensor as it travels: descriptor plus its (decompressed) body bytes."""
 
     name: str
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     shape: tuple[int, ...]
     mode: int = Q_RAW
     bits: int = 0
-    scales: np.ndarray | None = None  # float32 [C], for Q_AFFINE
-    offsets: np.ndarray | None = None
+    scales: Float32Array | None = None  # float32 [C], for Q_AFFINE
+    offsets: Float32Array | None = None
     body: bytes = b""
 
     @property
@@ -86,19 +95,27 @@ class TensorRecord:
     def carries_scales(self, key: bool) -> bool:
         return self.mode == Q_AFFINE or (self.mode == Q_VIDEO and key)
 
+    def affine(self) -> tuple[Float32Array, Float32Array]:
+        """The scales and offsets of a tensor that carries them (`unpack` has checked that it does)."""
+        if self.scales is None or self.offsets is None:
+            raise CodecError(f"tensor {self.name}: no scales and offsets")
+        return self.scales, self.offsets
+
 
 @dataclass
-class Frame:
+class WireFrame:
+    """One payload, parsed: the header's fields and the tensors (bodies decompressed)."""
+
     codec: str
     seq: int
     key: bool
     tensors: list[TensorRecord]
-    params: dict = field(default_factory=dict)
+    params: CodecParams = field(default_factory=dict)
     cut: int | None = None
     stream: int = 0  # random id of the encoder instance: a delta only follows its own stream
 
 
-def _check_params(params: object, limits: Limits) -> dict:
+def _check_params(params: object, limits: Limits) -> CodecParams:
     if not isinstance(params, dict) or len(params) > 32:
         raise CodecError("codec params must be a JSON object with at most 32 keys")
     for k, v in params.items():
@@ -109,13 +126,13 @@ def _check_params(params: object, limits: Limits) -> dict:
     return params
 
 
-def pack(frame: Frame, level: int = 3) -> bytes:
+def pack(frame: WireFrame, level: int = 3) -> bytes:
     """Serialise a frame. Bodies are zstd-compressed here (level: zstd level)."""
     if frame.codec not in CODEC_IDS:
         raise CodecError(f"unknown codec {frame.codec!r}")
     if not 1 <= len(frame.tensors) <= 255:
         raise CodecError("a frame carries 1 to 255 tensors")
-    params = json.dumps(_check_params(frame.params, Limits()), separators=(",", ":"), sort_keys=True).encode()
+    params = json.dumps(_check_params(frame.params, DEFAULT_LIMITS), separators=(",", ":"), sort_keys=True).encode()
     cut = CUT_NONE if frame.cut is None else int(frame.cut)
     if not 0 <= cut <= CUT_NONE or not 0 <= frame.seq < 1 << 64 or len(params) > 0xFFFF \
             or not 0 <= frame.stream < 1 << 32:
@@ -142,6 +159,8 @@ def pack(frame: Frame, level: int = 3) -> bytes:
 
 
 class _Reader:
+    """Reads a payload front to back; every read is checked against the bytes left."""
+
     def __init__(self, data: memoryview) -> None:
         self.data, self.pos = data, 0
 
@@ -153,13 +172,43 @@ class _Reader:
         self.pos += n
         return view
 
-    def unpack(self, st: struct.Struct, what: str) -> tuple:
+    def unpack(self, st: struct.Struct, what: str) -> tuple[Any, ...]:
         return st.unpack(self.take(st.size, what))
 
 
-def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
+class _Header(NamedTuple):
+    codec_id: int
+    flags: int
+    n_tensors: int
+    stream: int
+    seq: int
+    cut: int
+    params_len: int
+
+    @property
+    def key(self) -> bool:
+        return bool(self.flags & FLAG_KEY)
+
+
+def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> WireFrame:
     """Parse and verify a payload. Raises CodecError on anything malformed; never allocates
     more than the declared shapes, and only within `limits`."""
+    body = _checked_body(payload, limits)
+    r = _Reader(body)
+    header = _read_header(r, limits)
+    params = _read_params(r, header.params_len, limits)
+    tensors, body_lens = _read_descriptors(r, header, limits)
+    dctx = zstandard.ZstdDecompressor()
+    for t, body_len in zip(tensors, body_lens, strict=True):
+        t.body = _read_body(r, t, body_len, dctx)
+    if r.pos != len(body):
+        raise CodecError(f"{len(body) - r.pos} trailing bytes after the last tensor")
+    return WireFrame(CODEC_NAMES[header.codec_id], header.seq, header.key, tensors, params,
+                     None if header.cut == CUT_NONE else header.cut, header.stream)
+
+
+def _checked_body(payload: bytes, limits: Limits) -> memoryview:
+    """The payload without its CRC, once size, magic, version and CRC are right."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise CodecError(f"payload must be bytes, got {type(payload).__name__}")
     data = memoryview(payload).cast("B")
@@ -174,95 +223,119 @@ def unpack(payload: bytes, limits: Limits = Limits()) -> Frame:
     body, (crc,) = data[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
     if zlib.crc32(body) != crc:
         raise CodecError("checksum mismatch: the payload is corrupt or truncated")
+    return body
 
-    r = _Reader(body)
-    _, _, codec_id, flags, n_tensors, stream, seq, cut, params_len = r.unpack(_FIXED, "header")
-    if codec_id not in CODEC_NAMES:
-        raise CodecError(f"unknown codec id {codec_id}")
-    if flags & ~FLAG_KEY:
-        raise CodecError(f"unknown flags 0x{flags:02x}")
-    if not 1 <= n_tensors <= limits.max_tensors:
-        raise CodecError(f"{n_tensors} tensors, allowed 1 to {limits.max_tensors}")
-    if params_len > limits.max_params_bytes:
-        raise CodecError(f"codec params of {params_len} bytes exceed {limits.max_params_bytes}")
+
+def _read_header(r: _Reader, limits: Limits) -> _Header:
+    _, _, *fields = r.unpack(_FIXED, "header")
+    h = _Header(*fields)
+    if h.codec_id not in CODEC_NAMES:
+        raise CodecError(f"unknown codec id {h.codec_id}")
+    if h.flags & ~FLAG_KEY:
+        raise CodecError(f"unknown flags 0x{h.flags:02x}")
+    if not 1 <= h.n_tensors <= limits.max_tensors:
+        raise CodecError(f"{h.n_tensors} tensors, allowed 1 to {limits.max_tensors}")
+    if h.params_len > limits.max_params_bytes:
+        raise CodecError(f"codec params of {h.params_len} bytes exceed {limits.max_params_bytes}")
+    return h
+
+
+def _read_params(r: _Reader, params_len: int, limits: Limits) -> CodecParams:
+    if not params_len:
+        return {}
     try:
-        params = json.loads(bytes(r.take(params_len, "codec params")).decode("utf-8")) if params_len else {}
+        params = json.loads(bytes(r.take(params_len, "codec params")).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CodecError(f"codec params are not valid JSON: {e}") from None
-    params = _check_params(params, limits)
+    return _check_params(params, limits)
 
-    tensors, body_lens, total, names = [], [], 0, set()
-    for i in range(n_tensors):
-        (name_len,) = r.take(1, "tensor name length")
-        if not 1 <= name_len <= limits.max_name_len:
-            raise CodecError(f"tensor {i}: name length {name_len} out of range")
-        try:
-            name = bytes(r.take(name_len, "tensor name")).decode("ascii")
-        except UnicodeDecodeError:
-            raise CodecError(f"tensor {i}: name is not ASCII") from None
-        if not name.isidentifier() or name in names:
-            raise CodecError(f"tensor {i}: bad or duplicate name {name!r}")
-        names.add(name)
-        dtype_code, ndim = r.take(2, "tensor dtype and rank")
-        if dtype_code not in DTYPES:
-            raise CodecError(f"tensor {name}: unknown dtype code {dtype_code}")
-        if not 1 <= ndim <= limits.max_dims:
-            raise CodecError(f"tensor {name}: rank {ndim}, allowed 1 to {limits.max_dims}")
-        shape = struct.unpack(f"<{ndim}I", r.take(4 * ndim, "tensor shape"))
-        if any(not 1 <= d <= limits.max_dim for d in shape):
-            raise CodecError(f"tensor {name}: shape {shape} has a dimension outside 1..{limits.max_dim}")
-        n = 1
-        for d in shape:
-            n *= d
+
+def _read_descriptors(r: _Reader, header: _Header, limits: Limits) -> tuple[list[TensorRecord], list[int]]:
+    """Every tensor's descriptor (bodies still empty) and its body's length on the wire."""
+    tensors: list[TensorRecord] = []
+    body_lens: list[int] = []
+    total = 0
+    for i in range(header.n_tensors):
+        name = _read_name(r, i, {t.name for t in tensors}, limits)
+        dtype, shape = _read_dtype_and_shape(r, name, limits)
+        n = math.prod(shape)
         total += n
         if n > limits.max_elements or total > limits.max_total_elements:
             raise CodecError(f"tensor {name}: {n} elements ({total} in the frame) exceed the limits")
         mode, bits, body_len = r.unpack(_TENSOR_TAIL, "tensor coding")
-        t = TensorRecord(name, DTYPES[dtype_code], shape, mode, bits)
-        if mode == Q_RAW:
-            if bits != 0:
-                raise CodecError(f"tensor {name}: raw tensors carry no bit depth")
-        elif mode in (Q_AFFINE, Q_DELTA, Q_VIDEO):
-            if not 1 <= bits <= 8:
-                raise CodecError(f"tensor {name}: bit depth {bits}, allowed 1 to 8")
-            if DTYPES[dtype_code].kind != "f":
-                raise CodecError(f"tensor {name}: quantised tensors decode to floats")
-        else:
-            raise CodecError(f"tensor {name}: unknown coding mode {mode}")
-        if t.carries_scales(bool(flags & FLAG_KEY)):
-            c = t.channels
-            t.scales = np.frombuffer(r.take(4 * c, "scales"), "<f4").copy()
-            t.offsets = np.frombuffer(r.take(4 * c, "offsets"), "<f4").copy()
-            # |value| <= 255 * 1e30 + 1e30 stays finite in float32: decoded tensors are always finite.
-            if not (np.all((t.scales >= 0) & (t.scales <= 1e30)) and np.all(np.abs(t.offsets) <= 1e30)):
-                raise CodecError(f"tensor {name}: scales/offsets must be finite (|x| <= 1e30), scales >= 0")
+        _check_coding(name, dtype, mode, bits)
+        t = TensorRecord(name, dtype, shape, mode, bits)
+        if t.carries_scales(header.key):
+            t.scales, t.offsets = _read_scales(r, name, t.channels)
         tensors.append(t)
         body_lens.append(body_len)
+    return tensors, body_lens
 
-    dctx = zstandard.ZstdDecompressor()
-    for t, body_len in zip(tensors, body_lens):
-        comp = r.take(body_len, f"tensor {t.name} body")
-        expected = cap = t.expected_body_len()
-        if t.mode == Q_VIDEO:  # an inner codec's packet: its own decoder parses it, bounded by the shape
-            if not 1 <= body_len <= cap:
-                raise CodecError(f"tensor {t.name}: video packet of {body_len} bytes, allowed 1 to {cap}")
-            t.body = bytes(comp)
-            continue
-        try:
-            params_ = zstandard.get_frame_parameters(comp)
-        except zstandard.ZstdError as e:
-            raise CodecError(f"tensor {t.name}: body is not a zstd frame: {e}") from None
-        if params_.content_size in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) \
-                or params_.content_size > cap:
-            raise CodecError(f"tensor {t.name}: body declares {params_.content_size} bytes, allowed {cap}")
-        try:
-            raw = dctx.decompress(comp, max_output_size=cap)
-        except zstandard.ZstdError as e:
-            raise CodecError(f"tensor {t.name}: corrupt body: {e}") from None
-        if len(raw) != expected:
-            raise CodecError(f"tensor {t.name}: body has {len(raw)} bytes, shape needs {expected}")
-        t.body = raw
-    if r.pos != len(body):
-        raise CodecError(f"{len(body) - r.pos} trailing bytes after the last tensor")
-    return Frame(CODEC_NAMES[codec_id], seq, bool(flags & FLAG_KEY), tensors, params,
-                 None if cut == CUT_NONE else cut, stream)
+
+def _read_name(r: _Reader, i: int, taken: set[str], limits: Limits) -> str:
+    (name_len,) = r.take(1, "tensor name length")
+    if not 1 <= name_len <= limits.max_name_len:
+        raise CodecError(f"tensor {i}: name length {name_len} out of range")
+    try:
+        name = bytes(r.take(name_len, "tensor name")).decode("ascii")
+    except UnicodeDecodeError:
+        raise CodecError(f"tensor {i}: name is not ASCII") from None
+    if not name.isidentifier() or name in taken:
+        raise CodecError(f"tensor {i}: bad or duplicate name {name!r}")
+    return name
+
+
+def _read_dtype_and_shape(r: _Reader, name: str, limits: Limits) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    dtype_code, ndim = r.take(2, "tensor dtype and rank")
+    if dtype_code not in DTYPES:
+        raise CodecError(f"tensor {name}: unknown dtype code {dtype_code}")
+    if not 1 <= ndim <= limits.max_dims:
+        raise CodecError(f"tensor {name}: rank {ndim}, allowed 1 to {limits.max_dims}")
+    shape: tuple[int, ...] = struct.unpack(f"<{ndim}I", r.take(4 * ndim, "tensor shape"))
+    if any(not 1 <= d <= limits.max_dim for d in shape):
+        raise CodecError(f"tensor {name}: shape {shape} has a dimension outside 1..{limits.max_dim}")
+    return DTYPES[dtype_code], shape
+
+
+def _check_coding(name: str, dtype: np.dtype[Any], mode: int, bits: int) -> None:
+    if mode == Q_RAW:
+        if bits != 0:
+            raise CodecError(f"tensor {name}: raw tensors carry no bit depth")
+    elif mode in (Q_AFFINE, Q_DELTA, Q_VIDEO):
+        if not 1 <= bits <= 8:
+            raise CodecError(f"tensor {name}: bit depth {bits}, allowed 1 to 8")
+        if dtype.kind != "f":
+            raise CodecError(f"tensor {name}: quantised tensors decode to floats")
+    else:
+        raise CodecError(f"tensor {name}: unknown coding mode {mode}")
+
+
+def _read_scales(r: _Reader, name: str, channels: int) -> tuple[Float32Array, Float32Array]:
+    scales = np.frombuffer(r.take(4 * channels, "scales"), "<f4").copy()
+    offsets = np.frombuffer(r.take(4 * channels, "offsets"), "<f4").copy()
+    # |value| <= 255 * 1e30 + 1e30 stays finite in float32: decoded tensors are always finite.
+    if not (np.all((scales >= 0) & (scales <= 1e30)) and np.all(np.abs(offsets) <= 1e30)):
+        raise CodecError(f"tensor {name}: scales/offsets must be finite (|x| <= 1e30), scales >= 0")
+    return scales, offsets
+
+
+def _read_body(r: _Reader, t: TensorRecord, body_len: int, dctx: zstandard.ZstdDecompressor) -> bytes:
+    comp = r.take(body_len, f"tensor {t.name} body")
+    cap = t.expected_body_len()
+    if t.mode == Q_VIDEO:  # an inner codec's packet: its own decoder parses it, bounded by the shape
+        if not 1 <= body_len <= cap:
+            raise CodecError(f"tensor {t.name}: video packet of {body_len} bytes, allowed 1 to {cap}")
+        return bytes(comp)
+    try:
+        declared = zstandard.get_frame_parameters(comp).content_size
+    except zstandard.ZstdError as e:
+        raise CodecError(f"tensor {t.name}: body is not a zstd frame: {e}") from None
+    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) or declared > cap:
+        raise CodecError(f"tensor {t.name}: body declares {declared} bytes, allowed {cap}")
+    try:
+        raw = dctx.decompress(comp, max_output_size=cap)
+    except zstandard.ZstdError as e:
+        raise CodecError(f"tensor {t.name}: corrupt body: {e}") from None
+    if len(raw) != cap:  # outside Q_VIDEO the cap is the exact size
+        raise CodecError(f"tensor {t.name}: body has {len(raw)} bytes, shape needs {cap}")
+    return raw

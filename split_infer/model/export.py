@@ -11,9 +11,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 
+import split_infer
+from split_infer.codec.basis import Basis
+from split_infer.codec.learned import LATENT, LearnedModel
+from split_infer.model.loading import load_model
 from split_infer.model.preprocess import letterbox, parse_imgsz
 from split_infer.model.weights import cache_dir
 
@@ -29,12 +35,11 @@ def default_ir_dir(model: str, cut: int, imgsz: tuple[int, int], int8: bool = Fa
 
 def video_frames(path: str | Path, count: int, stride: int = 1, start: int = 0) -> list[np.ndarray]:
     """Up to `count` BGR frames from a video or image, every `stride`-th, from frame `start`."""
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise FileNotFoundError(f"cannot open video {path}")
-    frames, index = [], 0
+    frames: list[np.ndarray] = []
+    index = 0
     try:
         while len(frames) < count:
             ok, frame = cap.read()
@@ -50,23 +55,24 @@ def video_frames(path: str | Path, count: int, stride: int = 1, start: int = 0) 
     return frames
 
 
-def to_openvino(module, imgsz: tuple[int, int], output_names: list[str] | None = None):
+def to_openvino(module: Any, imgsz: tuple[int, int], output_names: list[str] | None = None) -> Any:
     """Convert a torch module on images (dynamic batch) to an OpenVINO model.
 
     A module returning a dict (the edge part) gets its outputs named by the dict's keys; a
     detection model returning (predictions, maps) keeps the predictions.
     """
+    # Optional heavy dependencies, needed at export time only (partition is built on torch).
     import openvino as ov
     import torch
 
     from split_infer.model.partition import first_tensor
 
     class _Outputs(torch.nn.Module):  # OpenVINO names outputs by position; we rename them after
-        def __init__(self, inner):
+        def __init__(self, inner: Any) -> None:
             super().__init__()
             self.inner = inner
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> Any:
             out = self.inner(x)
             return tuple(out[k] for k in output_names) if output_names else first_tensor(out)
 
@@ -75,7 +81,7 @@ def to_openvino(module, imgsz: tuple[int, int], output_names: list[str] | None =
         ov_model = ov.convert_model(_Outputs(module).eval(), example_input=example,
                                     input=[(-1, 3, imgsz[1], imgsz[0])])
     ov_model.inputs[0].get_tensor().set_names({"images"})
-    for output, name in zip(ov_model.outputs, output_names or []):
+    for output, name in zip(ov_model.outputs, output_names or [], strict=False):  # no names: none to set
         output.get_tensor().set_names({name})
     return ov_model
 
@@ -85,14 +91,13 @@ class EdgeWithBottleneck:
     OpenVINO runs both and the edge's codec only quantises and entropy-codes the latent."""
 
     @staticmethod
-    def build(edge, codec_model: str | Path):
-        import torch
-
-        from split_infer.codec.learned import LATENT, LearnedModel
+    def build(edge: Any, codec_model: str | Path) -> tuple[Any, LearnedModel]:
+        import torch  # optional heavy dependency (the cloud extra)
 
         learned = LearnedModel.load(codec_model)
         if learned.tensor not in edge.output_names or len(edge.output_names) != 1:
-            raise ValueError(f"codec model {codec_model} encodes {learned.tensor!r}; this cut sends {edge.output_names}")
+            raise ValueError(f"codec model {codec_model} encodes {learned.tensor!r}; "
+                             f"this cut sends {edge.output_names}")
         w = {k: torch.from_numpy(v) for k, v in learned.weights.items()}
 
         def conv(name: str) -> torch.nn.Conv2d:
@@ -100,17 +105,17 @@ class EdgeWithBottleneck:
             layer = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=weight.shape[2] // 2)
             with torch.no_grad():
                 layer.weight.copy_(weight)
-                layer.bias.copy_(w[f"{name}.bias"])
+                layer.bias.copy_(w[f"{name}.bias"])  # type: ignore[union-attr]  # Conv2d(bias=True)
             return layer
 
         class Module(torch.nn.Module):
             output_names = [LATENT]
 
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.edge, self.enc1, self.enc2 = edge, conv("enc1"), conv("enc2")
 
-            def forward(self, x):
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
                 feats = self.edge(x)[learned.tensor]
                 return {LATENT: self.enc2(torch.nn.functional.silu(self.enc1(feats)))}
 
@@ -123,10 +128,8 @@ class EdgeWithBasis:
     tensor (same name, k channels) and only packs and codes it."""
 
     @staticmethod
-    def build(edge, basis_path: str | Path):
-        import torch
-
-        from split_infer.codec.basis import Basis
+    def build(edge: Any, basis_path: str | Path) -> tuple[Any, Basis]:
+        import torch  # optional heavy dependency (the cloud extra)
 
         basis = Basis.load(basis_path)
         if basis.tensor not in edge.output_names or len(edge.output_names) != 1:
@@ -134,16 +137,16 @@ class EdgeWithBasis:
         proj = torch.nn.Conv2d(basis.channels, basis.components, 1)
         with torch.no_grad():
             proj.weight.copy_(torch.from_numpy(basis.encode_matrix)[:, :, None, None])
-            proj.bias.copy_(torch.from_numpy(-basis.encode_matrix @ basis.mean))
+            proj.bias.copy_(torch.from_numpy(-basis.encode_matrix @ basis.mean))  # type: ignore[union-attr]
 
         class Module(torch.nn.Module):
             output_names = [basis.tensor]
 
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.edge, self.proj = edge, proj
 
-            def forward(self, x):
+            def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
                 return {basis.tensor: self.proj(self.edge(x)[basis.tensor])}
 
         return Module().eval(), basis
@@ -156,17 +159,16 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
 
     With `codec_model`, the IR ends in that learned codec's encoder and outputs its latent, or (a
     .basis.npz) in the video codec's channel reduction and outputs the reduced tensor."""
+    # Optional heavy dependencies, needed at export time only (partition is built on torch).
     import openvino as ov
     import torch
 
-    import split_infer
-    from split_infer.model.loading import load_model
     from split_infer.model.partition import partition
 
     out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
     model = load_model(model_name)
     edge, _ = partition(model, cut)
-    learned = None
+    learned: LearnedModel | Basis | None = None
     if codec_model:
         wrap = EdgeWithBasis if str(codec_model).endswith(".basis.npz") else EdgeWithBottleneck
         edge, learned = wrap.build(edge, codec_model)
@@ -200,9 +202,9 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
     return out_dir
 
 
-def quantize_int8(ov_model, calibration: str | Path, imgsz: tuple[int, int], count: int = 120):
+def quantize_int8(ov_model: Any, calibration: str | Path, imgsz: tuple[int, int], count: int = 120) -> Any:
     """NNCF post-training INT8 quantisation on letterboxed frames spread over the calibration video."""
-    import nncf
+    import nncf  # optional heavy dependency, for INT8 only
 
     frames = video_frames(calibration, count=count, stride=3)
     data = [letterbox(f, imgsz)[0][None] for f in frames]

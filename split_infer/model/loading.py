@@ -9,18 +9,22 @@ All of them expose `model.model` (the layer list with `.i` and `.f`) and `model.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from split_infer.model import weights
 from split_infer.model.names import COCO_NAMES
 
 __all__ = ["COCO_NAMES", "load_model"]
 
 
-def load_model(spec: str | Path, fused: bool = True):
-    import numpy as np
-    import torch
+def load_model(spec: str | Path, fused: bool = True) -> Any:
+    """The model, in eval mode: a torch module whose `.model` is its layer list (see the module doc)."""
+    import torch  # optional heavy dependency (the cloud extra), as is yolov5, built on it
 
-    from split_infer.model import weights
     from split_infer.model.yolov5 import SIZES, build_yolov5
 
     spec_str = str(spec)
@@ -50,23 +54,20 @@ def load_model(spec: str | Path, fused: bool = True):
 
 def _is_yolov5_repo_checkpoint(path: str) -> bool:
     """YOLOv5-repository checkpoints pickle classes from the `models.` package; ultralytics' from `ultralytics.`."""
-    import zipfile
-
     p = Path(path)
     if not p.exists():
-        from split_infer.model.weights import WeightsError
-
-        raise WeightsError(f"checkpoint not found: {p}")
+        raise weights.WeightsError(f"checkpoint not found: {p}")
     with zipfile.ZipFile(p) as z:
         pkl = next(n for n in z.namelist() if n.endswith("data.pkl"))
         return b"ultralytics.nn" not in z.read(pkl)
 
 
-def _load_ultralytics(spec: str, fused: bool):
-    try:
+def _load_ultralytics(spec: str, fused: bool) -> Any:
+    try:  # optional heavy dependency (the cloud extra)
         from ultralytics.nn.tasks import DetectionModel, load_checkpoint
     except ImportError as e:
         raise RuntimeError(f"ultralytics is needed to load {spec} (pip install 'split-infer[cloud]'): {e}") from None
+    model: Any  # an ultralytics DetectionModel, whose attributes torch types as `Tensor | Module`
     if spec.endswith((".yaml", ".yml")):
         model = DetectionModel(spec, verbose=False)
         model.names = dict(enumerate(COCO_NAMES)) if model.yaml.get("nc", 80) == 80 else model.names

@@ -8,13 +8,23 @@ cloud(edge(x)) computes the same function as the unsplit model.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 import torch
 from torch import nn
 
+from split_infer.model.loading import load_model
+from split_infer.model.preprocess import parse_imgsz
 
-def _sources(layer: nn.Module) -> list[int]:
+# One layer of a YOLO graph: an nn.Module that its builder gave `.i` (its index) and `.f` (the
+# indices it reads), besides its family's submodules. Loosely typed on purpose: torch types every
+# module attribute as `Tensor | Module`, and the families share no base class.
+YoloLayer = Any
+
+
+def sources(layer: YoloLayer) -> list[int]:
     """Absolute indices of the layers this layer reads (-1 = the previous layer)."""
     f = layer.f if isinstance(layer.f, (list, tuple)) else [layer.f]
     return [layer.i + j if j < 0 else j for j in f]
@@ -30,15 +40,18 @@ def layers_of(model: nn.Module) -> nn.Sequential:
 def crossing(layers: nn.Sequential, cut: int) -> list[int]:
     """Indices of layers at or before `cut` whose outputs are read after it."""
     if not 0 <= cut < len(layers) - 1:
-        raise ValueError(f"cut must be in 0..{len(layers) - 2} (the head layer {len(layers) - 1} stays in the cloud), got {cut}")
-    return sorted({j for m in layers[cut + 1:] for j in _sources(m) if j <= cut})
+        raise ValueError(f"cut must be in 0..{len(layers) - 2} (the head layer {len(layers) - 1} stays in the cloud), "
+                         f"got {cut}")
+    return sorted({j for m in layers[cut + 1:] for j in sources(m) if j <= cut})
 
 
-def _run(layers: nn.Sequential, start: int, y: dict[int, torch.Tensor], keep: set[int]) -> torch.Tensor:
-    """Run layers[start:] with earlier outputs in `y`; keep the outputs later layers need."""
+def _run(layers: nn.Sequential, start: int, y: dict[int, torch.Tensor], keep: set[int]) -> Any:
+    """Run layers[start:] with earlier outputs in `y`; keep the outputs later layers need. Returns
+    the last layer's output (a detection head's: a tensor or a tuple, see `first_tensor`)."""
     x = None
+    m: YoloLayer
     for m in layers[start:]:
-        src = _sources(m)
+        src = sources(m)
         inp = y[src[0]] if not isinstance(m.f, (list, tuple)) else [y[j] for j in src]
         x = m(inp)
         if m.i in keep:
@@ -47,7 +60,7 @@ def _run(layers: nn.Sequential, start: int, y: dict[int, torch.Tensor], keep: se
 
 
 def _consumed(layers: nn.Sequential) -> set[int]:
-    return {j for m in layers for j in _sources(m)}
+    return {j for m in layers for j in sources(m)}
 
 
 class EdgePart(nn.Module):
@@ -86,7 +99,7 @@ class CloudPart(nn.Module):
         return first_tensor(out)
 
 
-def first_tensor(out) -> torch.Tensor:
+def first_tensor(out: Any) -> torch.Tensor:
     """Detection heads return a tensor (YOLOv5) or (predictions, raw maps) (ultralytics): take predictions."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -127,9 +140,6 @@ def cut_table(model: nn.Module, imgsz: tuple[int, int]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from split_infer.model.loading import load_model
-    from split_infer.model.preprocess import parse_imgsz
-
     parser = argparse.ArgumentParser(prog="split-infer cuts", description="Tensors that cross each cut of a model.")
     parser.add_argument("--model", default="yolov5s")
     parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
@@ -141,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"split-infer cuts: {e}", file=sys.stderr)
         return 1
     if args.json:
-        import json
-
         print(json.dumps(rows, indent=1))
         return 0
     print(f"{'cut':>3}  {'layer':<12} {'values':>10} {'x input':>8} {'uint8 kB':>9}  tensors (C, H, W)")
     for r in rows:
         shapes = ", ".join(f"{k}{list(v)}" for k, v in r["tensors"].items())
-        print(f"{r['cut']:>3}  {r['layer']:<12} {r['values']:>10,} {r['vs_input']:>8} {r['values'] / 1000:>9.0f}  {shapes}")
+        print(f"{r['cut']:>3}  {r['layer']:<12} {r['values']:>10,} {r['vs_input']:>8} {r['values'] / 1000:>9.0f}  "
+              f"{shapes}")
     return 0

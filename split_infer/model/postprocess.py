@@ -64,5 +64,5 @@ def to_records(dets: np.ndarray, lb: Letterbox, names: dict[int, str] | None = N
     return [
         {"class_id": int(c), "class_name": names.get(int(c), str(int(c))), "score": round(float(s), 4),
          "box": [round(float(v), 1) for v in b]}
-        for b, s, c in zip(boxes, dets[:, 4], dets[:, 5])
+        for b, s, c in zip(boxes, dets[:, 4], dets[:, 5], strict=True)
     ]

