@@ -7,12 +7,13 @@ line drawn for a camera lives next to that camera's URL.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from split_infer.codec import DEFAULT_CODEC
+from split_infer.keys import CAMERA_ID_PATTERN
 
 # Classes that traffic analytics count (COCO names).
 TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
@@ -20,6 +21,9 @@ TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+S = TypeVar("S", bound=Strict)
 
 
 class LineConfig(Strict):
@@ -56,7 +60,7 @@ class ZoneConfig(Strict):
 
 
 class CameraConfig(Strict):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    id: str = Field(pattern=CAMERA_ID_PATTERN)
     url: str  # rtsp://, http(s)://, a file path, or a device index such as "0"
     fps: float | None = Field(default=None, gt=0)  # cap; None = as fast as the model allows
     loop: bool = False  # replay a file source forever (demo feeds)
@@ -169,13 +173,48 @@ class CloudConfig(Strict):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
 
-def load_yaml(path: str | Path, kind: type[Strict]) -> Strict:
-    """Read a YAML file into a config model, with the file name in any error."""
-    path = Path(path)
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, the field and the problem."""
+
+
+def load_config(path: str | Path | None, kind: type[S], overrides: dict[str, Any] | None = None) -> S:
+    """`kind` from a YAML file (None: the defaults), with the command line's `overrides` on top
+    (None values are not given). Every problem is one ConfigError, never a traceback."""
+    source = str(path) if path else "defaults"
+    data = _read_mapping(Path(path)) if path else {}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if given:
+        data.update(given)
+        source += " with command-line overrides"
+    try:
+        return kind.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: invalid configuration: {describe_errors(e)}") from None
+
+
+def describe_errors(error: ValidationError) -> str:
+    """pydantic's errors on one line: `cameras.0.fps: Input should be greater than 0 (got -1)`."""
+    parts = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = f" (got {repr(got)[:60]})" if isinstance(got, (str, int, float, bool)) or got is None else ""
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise SystemExit(f"config file not found: {path}") from None
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
     except yaml.YAMLError as e:
-        raise SystemExit(f"{path}: not valid YAML: {e}") from None
-    return kind.model_validate(data)
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: invalid configuration: expected a mapping of settings, got {type(data).__name__}")
+    return data

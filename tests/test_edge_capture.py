@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import signal
 import time
 
 import cv2
 import numpy as np
+import pytest
 
-from media import HttpFeed, clip, street_video
 from split_infer.config import CameraConfig
-from split_infer.edge.capture import Capture, FrameSlot, Frame, source_kind
+from split_infer.edge.capture import Capture, CapturedFrame, FrameSlot, source_kind
+from support.data import street_video
+from support.media import HttpFeed, clip
+from support.wait import wait_for
 
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+pytestmark = pytest.mark.unit
 
 
 def test_source_kind():
@@ -32,8 +27,8 @@ def test_source_kind():
 def test_slot_keeps_only_the_newest():
     slot = FrameSlot()
     img = np.zeros((2, 2, 3), np.uint8)
-    assert slot.put(Frame("c", img, 0, 1, 0.0, 0.0)) is False
-    assert slot.put(Frame("c", img, 1, 1, 0.0, 0.0)) is True  # replaced an untaken frame
+    assert slot.put(CapturedFrame("c", img, 0, 1, 0.0, 0.0)) is False
+    assert slot.put(CapturedFrame("c", img, 1, 1, 0.0, 0.0)) is True  # replaced an untaken frame
     assert slot.take().index == 1
     assert slot.take() is None
 
@@ -57,6 +52,7 @@ def test_lossless_file_yields_every_frame_in_order(tmp_path):
         cap.stop()
 
 
+@pytest.mark.e2e
 def test_slow_consumer_gets_fresh_frames_and_skips_are_counted():
     # The street video plays at ~10 fps in real time; the consumer takes one frame every 0.35 s.
     cap = Capture(CameraConfig(id="c1", url=str(street_video()), loop=True)).start()
@@ -64,7 +60,7 @@ def test_slow_consumer_gets_fresh_frames_and_skips_are_counted():
         wait_for(lambda: cap.snapshot()["state"] == "online", 10, "camera online")
         indices, ages = [], []
         for _ in range(6):
-            time.sleep(0.35)
+            time.sleep(0.35)  # deliberate: the slow consumer's pace
             f = cap.take(timeout=1.0)
             assert f is not None
             indices.append(f.index)
@@ -78,6 +74,7 @@ def test_slow_consumer_gets_fresh_frames_and_skips_are_counted():
         cap.stop()
 
 
+@pytest.mark.e2e
 def test_fps_cap_is_honoured():
     cap = Capture(CameraConfig(id="c2", url=str(street_video()), loop=True, fps=4)).start()
     try:
@@ -107,6 +104,7 @@ def test_missing_file_is_a_clear_error_then_dead():
         cap.stop()
 
 
+@pytest.mark.e2e
 def test_http_camera_that_dies_and_comes_back_recovers_on_its_own(tmp_path):
     feed = HttpFeed(street_video(), loop=True).start()
     cap = Capture(CameraConfig(id="http", url=feed.url), backoff_s=(0.2, 1.0), read_timeout_s=3).start()
@@ -115,7 +113,7 @@ def test_http_camera_that_dies_and_comes_back_recovers_on_its_own(tmp_path):
         feed.stop()  # the camera goes away
         wait_for(lambda: cap.snapshot()["state"] == "reconnecting", 10, "the drop to be noticed")
         assert cap.snapshot()["last_error"]
-        time.sleep(1.0)  # a few failed reopen attempts (connection refused) with backoff
+        time.sleep(1.0)  # deliberate: a few failed reopen attempts (connection refused) with backoff
         feed = HttpFeed(street_video(), port=feed.port, loop=True).start()  # same URL comes back
         before = cap.snapshot()["frames_read"]
         wait_for(lambda: cap.snapshot()["frames_read"] >= before + 5, 20, "frames after recovery")
@@ -127,6 +125,7 @@ def test_http_camera_that_dies_and_comes_back_recovers_on_its_own(tmp_path):
         feed.stop()
 
 
+@pytest.mark.e2e
 def test_watchdog_restarts_a_reader_stuck_in_a_silent_stream():
     # The feed freezes (SIGSTOP) with its TCP connection open: the reader blocks inside read()
     # (read timeout 60 s); the watchdog must retire it and a fresh reader must take over.
@@ -137,7 +136,7 @@ def test_watchdog_restarts_a_reader_stuck_in_a_silent_stream():
     ).start()
     try:
         wait_for(lambda: cap.snapshot()["frames_read"] >= 5, 15, "frames over HTTP")
-        feed.proc.send_signal(signal.SIGSTOP)
+        feed.freeze()
         wait_for(lambda: cap.snapshot()["stalls"] >= 1, 10, "the watchdog to fire")
         s = cap.snapshot()
         assert s["state"] == "reconnecting" and s["last_error"], s  # stalled, then refused
@@ -149,4 +148,4 @@ def test_watchdog_restarts_a_reader_stuck_in_a_silent_stream():
     finally:
         cap.stop(timeout=10)
         feed.stop()
-    assert not any(t.is_alive() for t in cap._threads), "a reader thread outlived stop()"
+    assert not cap.threads_alive, "a reader thread outlived stop()"

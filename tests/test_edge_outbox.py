@@ -5,13 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-from split_infer.config import EdgeConfig, load_yaml
-from split_infer.edge.outbox import Item, Outbox
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from split_infer.config import EdgeConfig, load_config
+from split_infer.edge.outbox import Item, Outbox
+from support.data import ROOT
+
+pytestmark = pytest.mark.unit
 
 
 def item(cam: str, seq: int, key: bool = True) -> Item:
@@ -60,7 +62,7 @@ def test_credit_zero_allows_one_probe_after_a_pause():
     assert box.next_sendable().seq == 0
     box.acked("a", 0, credit=0)  # queue full at the ingest
     assert box.next_sendable() is None  # paused
-    time.sleep(0.06)
+    time.sleep(0.06)  # deliberate: the 50 ms probe pause must pass
     assert box.next_sendable().seq == 1  # one probe
     assert box.next_sendable() is None
 
@@ -91,7 +93,7 @@ def test_broken_stream_requeues_unanswered_frames_in_order():
 
 
 def test_example_config_is_valid():
-    cfg = load_yaml(ROOT / "edge" / "edge.example.yaml", EdgeConfig)
+    cfg = load_config(ROOT / "deploy" / "edge" / "edge.example.yaml", EdgeConfig)
     assert cfg.cameras and cfg.token and cfg.model_dir
 
 

@@ -16,10 +16,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from split_infer.codec import DEFAULT_CODEC
+from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
+from split_infer.edge.extractor import EdgeExtractor
+from split_infer.model.export import ensure_edge_ir
 from split_infer.model.preprocess import parse_imgsz
+from split_infer.service import StopEvent, service_main
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -31,28 +35,23 @@ class SplitDetector:
                  device: str = "AUTO", codec: str | None = DEFAULT_CODEC, head_runtime: str = "auto",
                  conf: float = 0.25, iou: float = 0.45, model_dir: str | Path | None = None,
                  precision: str | None = None):
-        from split_infer.cloud.head import Head
-        from split_infer.edge.extractor import EdgeExtractor
-        from split_infer.model.export import ensure_edge_ir
+        from split_infer.cloud.head import Head  # torch: the head runs in the cloud runtime
 
         model_dir = Path(model_dir) if model_dir else ensure_edge_ir(model, cut, imgsz)
         self.extractor = EdgeExtractor(model_dir, device, precision=precision)
         self.head = Head(model, cut, imgsz, runtime=head_runtime, conf=conf, iou=iou, precision=precision)
         self.codec = codec
-        self._encoder = self._decoder = None
-        if codec:
-            from split_infer.codec import make_decoder, make_encoder
-
-            self._encoder, self._decoder = make_encoder(codec), make_decoder()
+        self._codec = (make_encoder(codec), make_decoder()) if codec else None  # None: raw float32
         self.bytes_sent: list[int] = []
 
     def __call__(self, frame_bgr: np.ndarray) -> list[dict]:
         x, lb = self.extractor.preprocess(frame_bgr)
         feats = self.extractor.infer(x)
-        if self._encoder is not None:
-            payload = self._encoder.encode(feats)
+        if self._codec is not None:
+            encoder, decoder = self._codec
+            payload = encoder.encode(feats)
             self.bytes_sent.append(len(payload))
-            feats = self._decoder.decode(payload)
+            feats = decoder.decode(payload)
         else:
             self.bytes_sent.append(sum(v.nbytes for v in feats.values()))
         return self.head.detect(feats, [lb])[0]
@@ -60,8 +59,6 @@ class SplitDetector:
 
 def read_frames(source: str) -> Iterator[np.ndarray]:
     """Frames of an image, a video file or a stream URL (OpenCV's FFmpeg backend)."""
-    import cv2
-
     if Path(source).suffix.lower() in IMAGE_SUFFIXES:
         img = cv2.imread(source)
         if img is None:
@@ -82,19 +79,26 @@ def read_frames(source: str) -> Iterator[np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="split-infer detect", description=__doc__.split("\n\n")[0])
+    return service_main("split-infer detect", __doc__, argv, _add_arguments, _run)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="image, video file or stream URL")
     parser.add_argument("--model", default="yolov5s")
     parser.add_argument("--cut", type=int, default=4)
     parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
     parser.add_argument("--device", default="AUTO", help="OpenVINO device for the edge part")
-    parser.add_argument("--codec", default=DEFAULT_CODEC, help="feature codec spec (docs/codec.md); 'none' sends raw float32")
+    parser.add_argument("--codec", default=DEFAULT_CODEC,
+                        help="feature codec spec (docs/codec.md); 'none' sends raw float32")
     parser.add_argument("--head-runtime", default="auto", choices=["auto", "torch", "openvino"])
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--iou", type=float, default=0.45)
     parser.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
     parser.add_argument("--out", type=Path, help="write JSON lines here instead of stdout")
-    args = parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace, stop: StopEvent) -> int:
+    """Detect until the source ends, --max-frames, or SIGINT/SIGTERM; then print the summary."""
     try:
         detector = SplitDetector(args.model, args.cut, parse_imgsz(args.imgsz), args.device,
                                  None if args.codec == "none" else args.codec, args.head_runtime, args.conf, args.iou)
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             for n, frame in enumerate(frames, 1):
                 dets = detector(frame)
                 out.write(json.dumps({"frame": n - 1, "detections": dets}) + "\n")
-                if args.max_frames and n >= args.max_frames:
+                if (args.max_frames and n >= args.max_frames) or stop.is_set():
                     break
         finally:
             if args.out:

@@ -10,21 +10,25 @@ measures both curves; docs/bandwidth.md gives the CRF). It costs CPU, so it is o
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from av.video.codeccontext import VideoCodecContext
 
 
 class X264Anchor:
     def __init__(self, crf: int, fps: float) -> None:
         self.crf, self.gop = crf, max(1, round(2 * fps))
-        self._ctx = None
+        self._ctx: VideoCodecContext | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
         self.bytes = 0
 
     def add(self, image_bgr: np.ndarray) -> int:
         """Code one frame (BGR, already at the model's content size); return its bytes."""
-        import av
+        import av  # heavy (FFmpeg's libraries): only when the x264 anchor is on
 
         h, w = image_bgr.shape[:2]
         h, w = h - h % 2, w - w % 2  # 4:2:0 wants even sizes

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
 
-class CameraState(str, enum.Enum):
+class CaptureState(str, enum.Enum):
     CONNECTING = "connecting"  # first open in progress
     ONLINE = "online"  # frames are flowing
     RECONNECTING = "reconnecting"  # lost or never opened; retrying with backoff
@@ -40,7 +40,7 @@ class CameraState(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Frame:
+class CapturedFrame:
     camera_id: str
     image: np.ndarray  # HxWx3 BGR uint8, as decoded
     index: int  # frames read since the source was opened (for a file: its frame number)
@@ -51,7 +51,7 @@ class Frame:
 
 @dataclass
 class CaptureStats:
-    state: CameraState = CameraState.CONNECTING
+    state: CaptureState = CaptureState.CONNECTING
     last_error: str | None = None
     frames_read: int = 0  # decoded from the source
     frames_taken: int = 0  # handed to the edge
@@ -104,9 +104,9 @@ class FrameSlot:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frame: CapturedFrame | None = None
 
-    def put(self, frame: Frame) -> bool:
+    def put(self, frame: CapturedFrame) -> bool:
         """Store `frame`; True when it replaced a frame nobody took."""
         with self._cond:
             replaced = self._frame is not None
@@ -114,7 +114,7 @@ class FrameSlot:
             self._cond.notify_all()
             return replaced
 
-    def put_blocking(self, frame: Frame, stop: threading.Event) -> bool:
+    def put_blocking(self, frame: CapturedFrame, stop: threading.Event) -> bool:
         """Wait until the slot is empty, then store `frame` (lossless mode). False when stopped."""
         with self._cond:
             while self._frame is not None:
@@ -125,7 +125,7 @@ class FrameSlot:
             self._cond.notify_all()
             return True
 
-    def take(self, timeout: float = 0.0) -> Frame | None:
+    def take(self, timeout: float = 0.0) -> CapturedFrame | None:
         with self._cond:
             if self._frame is None and timeout > 0:
                 self._cond.wait_for(lambda: self._frame is not None, timeout)
@@ -186,21 +186,32 @@ class Capture:
         self._threads.append(dog)
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the reader and the watchdog to stop, without waiting: many cameras stop at once."""
         self._stop.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and wait up to `timeout` for the threads (a reader blocked in FFmpeg may outlive it)."""
+        self.request_stop()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            if self.stats.state not in (CameraState.ENDED, CameraState.DEAD):
-                self.stats.state = CameraState.STOPPED
+            if self.stats.state not in (CaptureState.ENDED, CaptureState.DEAD):
+                self.stats.state = CaptureState.STOPPED
+
+    @property
+    def threads_alive(self) -> bool:
+        """A reader or the watchdog is still running (after `stop`: one stuck inside FFmpeg)."""
+        return any(t.is_alive() for t in self._threads)
 
     @property
     def finished(self) -> bool:
         """The source will produce nothing more and the slot is empty."""
-        return self.stats.state in (CameraState.ENDED, CameraState.DEAD, CameraState.STOPPED) and not self.slot.peek()
+        over = (CaptureState.ENDED, CaptureState.DEAD, CaptureState.STOPPED)
+        return self.stats.state in over and not self.slot.peek()
 
-    def take(self, timeout: float = 0.0) -> Frame | None:
+    def take(self, timeout: float = 0.0) -> CapturedFrame | None:
         frame = self.slot.take(timeout)
         if frame is not None:
             with self._lock:
@@ -241,7 +252,7 @@ class Capture:
                 log.warning("camera %s: no frame for %.0f s, restarting its reader", self.id, self.stall_timeout_s)
                 with self._lock:
                     self.stats.stalls += 1
-                    self.stats.state = CameraState.RECONNECTING
+                    self.stats.state = CaptureState.RECONNECTING
                     self.stats.last_error = f"stalled: no frame for {self.stall_timeout_s:.0f} s"
                 self._spawn_reader()
 
@@ -258,10 +269,10 @@ class Capture:
             except OSError as e:
                 failures += 1
                 if self.max_retries is not None and failures > self.max_retries:
-                    self._set(state=CameraState.DEAD, last_error=f"{e}; gave up after {failures - 1} retries")
+                    self._set(state=CaptureState.DEAD, last_error=f"{e}; gave up after {failures - 1} retries")
                     return
                 delay = min(self.backoff_s[1], self.backoff_s[0] * 2 ** (failures - 1))
-                self._set(state=CameraState.RECONNECTING, last_error=str(e))
+                self._set(state=CaptureState.RECONNECTING, last_error=str(e))
                 log.warning("camera %s: %s; retry in %.1f s", self.id, e, delay)
                 self._stop.wait(delay)
                 continue
@@ -278,23 +289,29 @@ class Capture:
             if not self._current(gen):
                 return
             if ended == "eof" and self.kind == "file" and not self.camera.loop:
-                self._set(state=CameraState.ENDED)
+                self._set(state=CaptureState.ENDED)
                 return
             if ended == "eof" and self.kind == "file":
                 failures = 0  # a looping file reopens at once
                 continue
             failures += 1
             delay = min(self.backoff_s[1], self.backoff_s[0] * 2 ** (failures - 1))
-            self._set(state=CameraState.RECONNECTING, last_error=f"stream dropped ({ended}); retry in {delay:.1f} s")
+            self._set(state=CaptureState.RECONNECTING, last_error=f"stream dropped ({ended}); retry in {delay:.1f} s")
             log.warning("camera %s: stream dropped (%s); retry in %.1f s", self.id, ended, delay)
             self._stop.wait(delay)
 
-    def _read_loop(self, cap: cv2.VideoCapture, gen: int, connection: int) -> str:
-        """Read until the source ends or fails; returns 'eof' or a reason."""
+    def _pace(self, cap: cv2.VideoCapture) -> float:
+        """Seconds between reads: a realtime file plays at its native rate; anything else at once."""
+        if self.kind != "file" or self.lossless:
+            return 0.0
         native_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         if not math.isfinite(native_fps) or native_fps <= 0 or native_fps > 240:
             native_fps = 25.0
-        pace = 1.0 / native_fps if self.kind == "file" and not self.lossless else 0.0
+        return 1.0 / native_fps
+
+    def _read_loop(self, cap: cv2.VideoCapture, gen: int, connection: int) -> str:
+        """Read until the source ends or fails; returns 'eof' or a reason."""
+        pace = self._pace(cap)
         cap_period = 1.0 / self.camera.fps if self.camera.fps and not self.lossless else 0.0
         next_read = time.monotonic()
         next_offer = 0.0
@@ -314,30 +331,40 @@ class Capture:
             if not ok or image is None:
                 return "eof" if self.kind == "file" else "read failed"
             now = time.monotonic()
-            frame = Frame(self.id, image, index, connection, time.time(), (now - t0) * 1000.0)
+            frame = CapturedFrame(self.id, image, index, connection, time.time(), (now - t0) * 1000.0)
             index += 1
-            with self._lock:
-                self.stats.frames_read += 1
-                if self.stats.state != CameraState.ONLINE:
-                    self.stats.state = CameraState.ONLINE
-                    self.stats.last_error = None
-            if cap_period and now < next_offer:
-                with self._lock:
-                    self.stats.capped += 1
+            capped = bool(cap_period) and now < next_offer
+            self._count_read(capped)
+            if capped:
                 continue
             next_offer = max(next_offer + cap_period, now - cap_period) if cap_period else 0.0
-            if self.lossless:
-                if not self.slot.put_blocking(frame, self._stop):
-                    return "abandoned"
-                replaced = False
-            else:
-                replaced = self.slot.put(frame)
-            with self._lock:
-                s = self.stats
-                if replaced:
-                    s.skipped += 1
-                if s.last_frame_ts is not None:
-                    dt = max(frame.capture_ts - s.last_frame_ts, 1e-6)
-                    s.fps = 1.0 / dt if s.fps == 0 else 0.9 * s.fps + 0.1 / dt
-                s.last_frame_ts = frame.capture_ts
+            if not self._offer(frame):
+                return "abandoned"
         return "abandoned"
+
+    def _count_read(self, capped: bool) -> None:
+        with self._lock:
+            self.stats.frames_read += 1
+            if self.stats.state != CaptureState.ONLINE:
+                self.stats.state = CaptureState.ONLINE
+                self.stats.last_error = None
+            if capped:
+                self.stats.capped += 1
+
+    def _offer(self, frame: CapturedFrame) -> bool:
+        """Hand `frame` to the slot (lossless: wait for room); False when stopped while waiting."""
+        if self.lossless:
+            if not self.slot.put_blocking(frame, self._stop):
+                return False
+            replaced = False
+        else:
+            replaced = self.slot.put(frame)
+        with self._lock:
+            s = self.stats
+            if replaced:
+                s.skipped += 1
+            if s.last_frame_ts is not None:
+                dt = max(frame.capture_ts - s.last_frame_ts, 1e-6)
+                s.fps = 1.0 / dt if s.fps == 0 else 0.9 * s.fps + 0.1 / dt
+            s.last_frame_ts = frame.capture_ts
+        return True

@@ -38,7 +38,7 @@ class EdgeExtractor:
 
     def __init__(self, model_dir: str | Path, device: str = "AUTO", precision: str | None = None,
                  config: dict | None = None):
-        import openvino as ov
+        import openvino as ov  # heavy (seconds to import): only when a model is loaded
 
         model_dir = Path(model_dir)
         meta_path = model_dir / META_FILE
@@ -80,7 +80,7 @@ class EdgeExtractor:
 
     def async_queue(self, jobs: int, callback):
         """An OpenVINO AsyncInferQueue whose callback gets (outputs dict, userdata)."""
-        import openvino as ov
+        import openvino as ov  # heavy: imported with the model, see __init__
 
         queue = ov.AsyncInferQueue(self.compiled, jobs)
         names = self.output_names
