@@ -24,7 +24,8 @@ JSON layout: "traces" -> "<trace>@<curve>" -> policy -> {throughput_fps, p50_ms,
 per_camera_slo_met, shed, mean_batch, ...}; "curves" describes each curve; "targets" checks the
 issue's targets per trace ("adaptive-gpu-prior", on the CPU curves only, is the adaptive policy
 started from the GPU curve as its profile: it shows the policy learning that batching gains
-nothing here; it is not one of the "other" policies of the targets). Every policy object is the one the worker uses (make_policy).
+nothing here; it is not one of the "other" policies of the targets). Every policy object is the one
+the worker uses (make_policy).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from split_infer.batching import traces as T  # noqa: E402
 from split_infer.batching.cost import CostModel  # noqa: E402
 from split_infer.batching.policy import make_policy  # noqa: E402
 from split_infer.batching.simulate import simulate  # noqa: E402
+from split_infer.service import configure_logging  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CPU_FILE = HERE / "cost_cpu.json"
@@ -106,17 +108,22 @@ def markdown(out: dict) -> str:
     for k in keys:
         row = out["traces"][k]
         best = max(row[p]["slo_met"] for p in pols if p != "adaptive")
-        cells = [(f"**{row[p]['slo_met']:.4f}**" if row[p]["slo_met"] >= best and row[p]["slo_met"] > 0 else f"{row[p]['slo_met']:.4f}")
-                 for p in pols]
+        cells = []
+        for p in pols:
+            met = row[p]["slo_met"]
+            cells.append(f"**{met:.4f}**" if met >= best and met > 0 else f"{met:.4f}")
         lines.append(f"| {k} ({out['trace_info'][k]['slo_ms']:g} ms) | " + " | ".join(cells) + " |")
-    lines += ["", "| trace@curve | frames | policy | throughput fps | p50 ms | p99 ms | slo_met | worst camera | shed | mean batch |",
+    lines += ["",
+              "| trace@curve | frames | policy | throughput fps | p50 ms | p99 ms | slo_met | worst camera | shed"
+              " | mean batch |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for k in keys:
         t = out["targets"][k]
         for p in dict.fromkeys(["adaptive", t["best_other"][0], t["best_fixed"][0]]):
             r = out["traces"][k][p]
-            lines.append(f"| {k} | {out['trace_info'][k]['frames']} | {p} | {r['throughput_fps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                         f"{r['slo_met']:.4f} | {min(r['per_camera_slo_met'].values()):.4f} | {sum(r['shed'].values())} | {r['mean_batch']} |")
+            lines.append(f"| {k} | {out['trace_info'][k]['frames']} | {p} | {r['throughput_fps']} | {r['p50_ms']}"
+                         f" | {r['p99_ms']} | {r['slo_met']:.4f} | {min(r['per_camera_slo_met'].values()):.4f}"
+                         f" | {sum(r['shed'].values())} | {r['mean_batch']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="also write the result tables (markdown) here")
     ap.add_argument("--noise", type=float, default=0.05, help="lognormal sigma of each batch's service time")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging([("", logging.WARNING)])
 
     if args.measure or not CPU_FILE.exists():
         cpu = measure_cpu(args.threads, args.repeats)
@@ -159,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             relaxed = float(math.ceil(4 * cost.ms(1) / 100.0) * 100)
             runs_for.append((f"{cname}-slo{relaxed:g}", cost, relaxed))
     out: dict = {"slo_ms": args.slo_ms, "noise_sigma": args.noise, "seed": args.seed,
-                 "layout": "traces['<trace>@<curve>'][policy] -> {throughput_fps, p50_ms, p99_ms, slo_met, per_camera_slo_met, ...}",
+                 "layout": "traces['<trace>@<curve>'][policy] -> {throughput_fps, p50_ms, p99_ms, slo_met,"
+                           " per_camera_slo_met, ...}",
                  "curves": {}, "trace_info": {}, "traces": {}, "targets": {}}
     for cname, cost, slo_ms in runs_for:
         mu1 = 1000.0 / cost.ms(1)
@@ -175,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             res = {}
             pols = policies(slo_ms, cost)
             if cost is cpu and "gpu" in curves:  # learning: profiled on a GPU, running on this CPU
-                mis = make_policy("adaptive", slo_ms=slo_ms, max_batch=16, cost=curves["gpu"].copy())
-                mis.name = "adaptive-gpu-prior"
-                pols.append(mis)
+                gpu_prior = make_policy("adaptive", slo_ms=slo_ms, max_batch=16, cost=curves["gpu"].copy())
+                gpu_prior.name = "adaptive-gpu-prior"
+                pols.append(gpu_prior)
             for pol in pols:
                 r = simulate(trace, pol, cost.ms, slo_ms, noise=args.noise, seed=args.seed)
                 res[pol.name] = r.summary()
@@ -185,16 +193,18 @@ def main(argv: list[str] | None = None) -> int:
                     half = r.batch_sizes[len(r.batch_sizes) // 2:] or [0]
                     res[pol.name]["mean_batch_second_half"] = round(sum(half) / len(half), 3)
             out["traces"][key] = res
-            out["trace_info"][key] = {"slo_ms": slo_ms, "frames": len(trace), "duration_s": round(trace.duration_s, 1), "cameras": len(trace.cameras),
-                                      "mean_rate_fps": round(trace.rate_fps(), 2),
-                                      "load_x_batch1_capacity": load, "file": str(path) if path else str(trace.meta.get("source"))}
+            out["trace_info"][key] = {"slo_ms": slo_ms, "frames": len(trace), "duration_s": round(trace.duration_s, 1),
+                                      "cameras": len(trace.cameras), "mean_rate_fps": round(trace.rate_fps(), 2),
+                                      "load_x_batch1_capacity": load,
+                                      "file": str(path) if path else str(trace.meta.get("source"))}
             out["targets"][key] = targets(res, trace.name in T.BURSTY)
             # can a frame meet the objective at all? (batch of one + the fastest edge/network, 20 ms)
             feasible = cost.ms(1) + 20.0 < slo_ms
             out["trace_info"][key]["objective_feasible"] = out["targets"][key]["objective_feasible"] = feasible
             t = out["targets"][key]
-            print(f"{key:18} {'' if feasible else '(objective infeasible) '}frames={len(trace):6}  adaptive {t['adaptive']:.4f}  best other {t['best_other'][0]} "
-                  f"{t['best_other'][1]:.4f}  best fixed {t['best_fixed'][0]} {t['best_fixed'][1]:.4f}", file=sys.stderr)
+            print(f"{key:18} {'' if feasible else '(objective infeasible) '}frames={len(trace):6}"
+                  f"  adaptive {t['adaptive']:.4f}  best other {t['best_other'][0]} {t['best_other'][1]:.4f}"
+                  f"  best fixed {t['best_fixed'][0]} {t['best_fixed'][1]:.4f}", file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     if args.markdown:

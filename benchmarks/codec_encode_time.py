@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder  # noqa: E402
+from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,18 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     for spec, kw in specs:
         learned_dir = str(Path(spec.split(":", 1)[1]).parent) if spec.startswith("learned:") else None
         enc, dec = make_encoder(spec, **kw), make_decoder(learned_dir=learned_dir)
-        te, td = [], []
+        encode_s, decode_s = [], []
         for f in feats:
             t0 = time.perf_counter()
             p = enc.encode(f)
             t1 = time.perf_counter()
             dec.decode(p)
             t2 = time.perf_counter()
-            te.append(t1 - t0); td.append(t2 - t1)
+            encode_s.append(t1 - t0)
+            decode_s.append(t2 - t1)
         rows.append({"setting": spec + "".join(f" {k}={v}" for k, v in kw.items()),
-                     "encode_ms_median": round(float(np.median(te)) * 1e3, 2),
-                     "encode_ms_min": round(float(np.min(te)) * 1e3, 2),
-                     "decode_ms_median": round(float(np.median(td)) * 1e3, 2)})
+                     "encode_ms_median": round(float(np.median(encode_s)) * 1e3, 2),
+                     "encode_ms_min": round(float(np.min(encode_s)) * 1e3, 2),
+                     "decode_ms_median": round(float(np.median(decode_s)) * 1e3, 2)})
         print(json.dumps(rows[-1]), file=sys.stderr)
     # the default codec when `split-infer export --codec-model` put the reduction inside the IR:
     # the encoder gets the reduced tensor and only normalises, packs and codes it
@@ -63,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
     basis = Basis.load(resolve(DEFAULT_CODEC.split(":", 1)[1]))
     reduced = [{"x4": basis.encode(f["x4"])} for f in feats]
-    enc, te = make_encoder(DEFAULT_CODEC), []
+    enc, encode_s = make_encoder(DEFAULT_CODEC), []
     for f in reduced:
         t0 = time.perf_counter()
         enc.encode(f)
-        te.append(time.perf_counter() - t0)
+        encode_s.append(time.perf_counter() - t0)
     rows.append({"setting": f"{DEFAULT_CODEC}, reduction inside the edge IR (codes only)",
-                 "encode_ms_median": round(float(np.median(te)) * 1e3, 2),
-                 "encode_ms_min": round(float(np.min(te)) * 1e3, 2)})
+                 "encode_ms_median": round(float(np.median(encode_s)) * 1e3, 2),
+                 "encode_ms_min": round(float(np.min(encode_s)) * 1e3, 2)})
     print(json.dumps(rows[-1]), file=sys.stderr)
     from rate_fidelity import machine
 

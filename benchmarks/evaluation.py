@@ -66,7 +66,7 @@ def agreement_map50(reference: list[np.ndarray], predicted: list[np.ndarray], cl
     aps = []
     for c in classes:
         scores, hits, n_gt = [], [], 0
-        for ref, pred in zip(reference, predicted):
+        for ref, pred in zip(reference, predicted, strict=True):
             gt = keep_classes(ref, (c,))
             gt = gt[gt[:, 4] >= ref_conf]
             pr = keep_classes(pred, (c,))
@@ -87,12 +87,16 @@ def f1_score(reference: list[np.ndarray], predicted: list[np.ndarray], classes=T
              conf: float = REF_CONF, iou: float = MATCH_IOU) -> float:
     """Pooled F1 of predicted detections at score >= conf against the reference, class-aware."""
     tp = fp = fn = 0
-    for ref, pred in zip(reference, predicted):
+    for ref, pred in zip(reference, predicted, strict=True):  # one entry per frame, paired
         for c in classes:
-            gt = keep_classes(ref, (c,)); gt = gt[gt[:, 4] >= conf]
-            pr = keep_classes(pred, (c,)); pr = pr[pr[:, 4] >= conf]
+            gt = keep_classes(ref, (c,))
+            gt = gt[gt[:, 4] >= conf]
+            pr = keep_classes(pred, (c,))
+            pr = pr[pr[:, 4] >= conf]
             hit = _match(pr, gt, iou)
-            tp += int(hit.sum()); fp += int((~hit).sum()); fn += len(gt) - int(hit.sum())
+            tp += int(hit.sum())
+            fp += int((~hit).sum())
+            fn += len(gt) - int(hit.sum())
     return 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
 
 
@@ -123,7 +127,7 @@ class FrameMatches:
             raise ValueError("reference and predicted need one entry per frame")
         groups = [tuple(classes)] if class_agnostic else [(c,) for c in classes]
         self.scores, self.hits, self.n_gt = [], [], np.zeros(len(reference), np.int64)
-        for i, (ref, pred) in enumerate(zip(reference, predicted)):
+        for i, (ref, pred) in enumerate(zip(reference, predicted, strict=True)):
             s, h = [], []
             for g in groups:
                 gt = keep_classes(ref, g)

@@ -59,8 +59,10 @@ def main() -> int:
                 samples.append((time.perf_counter() - t0) * 1000.0)
             samples.sort()
             batch_ms[str(b)] = round(statistics.median(samples), 4)
-            spread[str(b)] = {"p10": round(samples[len(samples) // 10], 4), "p90": round(samples[len(samples) * 9 // 10], 4)}
-            print(f"batch {b:3}: median {batch_ms[str(b)]:.3f} ms  ({batch_ms[str(b)] / b:.3f} ms/frame)", file=sys.stderr)
+            spread[str(b)] = {"p10": round(samples[len(samples) // 10], 4),
+                              "p90": round(samples[len(samples) * 9 // 10], 4)}
+            print(f"batch {b:3}: median {batch_ms[str(b)]:.3f} ms  ({batch_ms[str(b)] / b:.3f} ms/frame)",
+                  file=sys.stderr)
     out = {"device": f"cuda: {torch.cuda.get_device_name(0)}", "batch_ms": batch_ms, "measured": True,
            "source": f"real head: split_infer {args.model} cut {args.cut}, {w}x{h}, fp32, torch {torch.__version__}",
            "statistic": "median", "warmup": args.warmup, "repeats": args.repeats, "spread_ms": spread,
