@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,42 +35,46 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from split_infer import keys
     from split_infer.analytics.camera import CameraAnalytics
-    from split_infer.analytics.records import parse_record
+    from split_infer.analytics.frames import parse_record
     from split_infer.analytics.service import AnalyticsService, Settings
     from split_infer.config import CameraConfig, CloudConfig
+    from split_infer.keys import Keys
+    from split_infer.records import AnalyticsCounts, AnalyticsEvent, DetectionResult
 
     frames = [{**f, "detections": json.dumps(f["detections"])} for f in json.loads(FIXTURE.read_text())["frames"]]
     cam = CameraConfig(id="street", url="x", lines=[LINE], zones=[ZONE])
 
+    records = [DetectionResult.from_fields(f) for f in frames]
     ca = CameraAnalytics(cam)
     t0 = time.perf_counter()
     for rec in frames:
         ca.process(parse_record(rec))
     core_ms = (time.perf_counter() - t0) * 1000 / len(frames)
 
-    keys.set_prefix(f"bench-{uuid.uuid4().hex[:8]}")
+    keys = Keys(f"bench-{uuid.uuid4().hex[:8]}")
     r = redis.Redis.from_url(args.redis_url)
     ids = [f"cam{i}" for i in range(args.cameras)]
     try:
         pipe = r.pipeline()
         for cid in ids:
-            for rec in frames:
-                pipe.xadd(keys.detections_stream(cid), {**{k: str(v) for k, v in rec.items()}, "camera": cid})
+            for rec in records:
+                pipe.xadd(keys.detections_stream(cid), replace(rec, camera=cid).to_fields())
         pipe.execute()
         cfg = CloudConfig(cameras=[cam.model_copy(update={"id": cid}) for cid in ids])
-        svc = AnalyticsService(r, cfg, Settings(consumer="bench", reorder_wait_s=0.2, block_ms=20, discover=False))
+        svc = AnalyticsService(r, cfg, Settings(consumer="bench", reorder_wait_s=0.2, block_ms=20, discover=False),
+                               keys=keys)
         t0 = time.perf_counter()
-        last = str(len(frames) - 1).encode()
-        while any(r.hget(keys.counts_key(c), "seq") != last for c in ids):
+        last = len(frames) - 1
+        while any(AnalyticsCounts.from_fields(r.hgetall(keys.counts(c))).seq != last for c in ids):
             svc.step()
             if time.perf_counter() - t0 > 600:
                 raise SystemExit("service did not drain the streams in 600 s")
         wall = time.perf_counter() - t0
-        crossings = {c: sum(1 for _, f in r.xrange(keys.events_stream(c)) if f[b"type"] == b"line_cross") for c in ids}
+        crossings = {c: sum(AnalyticsEvent.from_fields(f).type == "line_cross"
+                            for _, f in r.xrange(keys.events_stream(c))) for c in ids}
     finally:
-        for k in r.scan_iter(match=f"{keys.PREFIX}:*", count=1000):
+        for k in r.scan_iter(match=keys.scan_pattern, count=1000):
             r.delete(k)
     out = {
         "frames_per_camera": len(frames), "cameras": args.cameras,

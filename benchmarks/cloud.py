@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     import redis
     import yaml
 
-    from split_infer import keys
-    from split_infer.cloud.worker import Worker, make_policy, yolo_head
+    from split_infer.cloud.head import yolo_head
+    from split_infer.cloud.worker import Worker, make_policy
     from split_infer.config import CloudConfig
+    from split_infer.keys import PREFIX_ENV, Keys
     from split_infer.proto import pb, pb_grpc
 
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    keys.set_prefix(prefix)
+    keys = Keys(f"bench-{uuid.uuid4().hex[:8]}")
     payloads, shapes = real_payloads(args.distinct, args.model, 4, imgsz)
     cams = [f"cam{i}" for i in range(8)]
     conf = {"redis_url": args.redis_url, "max_queue": 100_000, "model": {"name": args.model, "cut": 4,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg_path.write_text(yaml.safe_dump(conf))
         proc = subprocess.Popen([sys.executable, "-m", "split_infer", "cloud", "ingest", "--config", str(cfg_path),
                                  "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"], cwd=ROOT,
-                                env={**os.environ, "SPLIT_INFER_PREFIX": prefix})
+                                env={**os.environ, PREFIX_ENV: keys.prefix})
         try:
             ch = grpc.insecure_channel(f"127.0.0.1:{port}")
             grpc.channel_ready_future(ch).result(timeout=30)
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CloudConfig.model_validate(conf)
     head = yolo_head(cfg)
     policy = make_policy(cfg, head)
-    w = Worker(cfg, r, head, policy, name="bench")
+    w = Worker(cfg, r, head, policy, name="bench", keys=keys)
     t0 = time.perf_counter()
     while w.processed < args.worker_frames:
         w.step()
     worker_s = time.perf_counter() - t0
     batches = policy.metrics.batches
-    for k in r.scan_iter(match=f"{prefix}:*", count=1000):
+    for k in r.scan_iter(match=keys.scan_pattern, count=1000):
         r.delete(k)
 
     result = {

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluation import agreement_map50  # noqa: E402
+from report import emit  # noqa: E402
 from split_infer.model.export import quantize_int8, to_openvino, video_frames  # noqa: E402
 from split_infer.model.postprocess import non_max_suppression  # noqa: E402
 from split_infer.model.preprocess import letterbox, parse_imgsz  # noqa: E402
-from report import emit  # noqa: E402
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
 

@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bdrate import bd_rate, bytes_at, lower_hull  # noqa: E402
+from evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
-from evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402,E501
+from split_infer.codec.basis import Basis, resolve  # noqa: E402
 from split_infer.model.export import video_frames  # noqa: E402
 from split_infer.model.postprocess import non_max_suppression  # noqa: E402
 from split_infer.model.preprocess import content, letterbox, parse_imgsz  # noqa: E402
@@ -213,7 +214,7 @@ class Bench:
             if i in scored:
                 decoded[i] = y
         n = len(self.feats)
-        key_sizes = [s for s, k in zip(sizes, keys) if k]
+        key_sizes = [s for s, k in zip(sizes, keys, strict=True) if k]
         setting = spec + "".join(f" {k}={v}" for k, v in settings.items() if k != "cut")
         return self.score(family, setting, sizes, self.model.detect([decoded[i] for i in self.scored]),
                           enc_t / n * 1e3, dec_t / n * 1e3, key_frames=len(key_sizes),
@@ -256,7 +257,7 @@ def summarise(rows: list[dict], video_codec_families: list[str]) -> dict:
     all_pairs: dict[str, dict] = {}
     best: dict[str, tuple] = {}
     for codec in video_codec_families:
-        for anchor_name, anchor_fams in anchors.items():
+        for anchor_fams in anchors.values():
             for a in anchor_fams:
                 pct, interval = bd_rate(fams.get(codec, []), fams[a], BD_BOUNDS)
                 all_pairs[f"{codec} vs {a}"] = {"bd_rate": None if pct is None else round(pct, 1),
@@ -335,8 +336,6 @@ def calibrate_basis(args, work: Path) -> dict:
            "--imgsz", args.imgsz]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    from split_infer.codec.basis import Basis
-
     meta = Basis.load(out).meta
     keep = Path(args.json).with_suffix("").as_posix() + ".basis.npz"  # kept beside the results
     Path(keep).write_bytes(out.read_bytes())
@@ -344,7 +343,7 @@ def calibrate_basis(args, work: Path) -> dict:
             "command": "split-infer " + " ".join(cmd[3:]), "role": "per-camera calibration on this clip"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", required=True)
     ap.add_argument("--calibrate", type=int, default=0, metavar="K",
@@ -361,53 +360,72 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def video_variants(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, str, str, str | None]], list[dict]]:
+    """The video codec's families (family, inner codec, preset, basis file or None); how each basis was calibrated."""
+    variants: list[tuple[str, str, str, str | None]] = [("video-h264", "h264", "veryfast", None)]
+    training: list[dict] = []
+    if args.calibrate:
+        own = calibrate_basis(args, work)
+        training.append(own)
+        variants += [("video-h264+basis", "h264", "veryfast", own["model"]),
+                     ("video-hevc+basis", "hevc", "ultrafast", own["model"])]
+    for path in args.cross_basis:
+        meta = Basis.load(resolve(path)).meta
+        training.append({"model": str(path), **meta.get("trained_on", {}), "command": meta.get("command"),
+                         "role": "cross-camera: calibrated on another clip"})
+        copy = work / f"cross-{Path(path).name.removesuffix('.basis.npz')}.basis.npz"  # where the decoder looks
+        copy.write_bytes(resolve(path).read_bytes())
+        variants.append(("video-h264+cross-basis", "h264", "veryfast", str(copy)))
+    return variants, training
+
+
+def run_video(b: Bench, args: argparse.Namespace, work: Path) -> tuple[list[str], list[dict]]:
+    """Sweep every video codec family; returns their names and the bases' training records."""
+    variants, training = video_variants(args, work)
+    for fam, inner, preset, basis in variants:
+        b.sweep(VIDEO_CODEC_CRFS, lambda c, fam=fam, inner=inner, preset=preset, basis=basis: b.codec(
+            fam, "video", dict(inner=inner, preset=preset, crf=c, key_interval=b.gop, cut=args.cut,
+                               **({"basis": basis} if basis else {})), learned_dir=str(work)))
+    return [fam for fam, *_ in variants], training
+
+
+def run_families(b: Bench, args: argparse.Namespace, fams: set[str], work: Path) -> tuple[list[str], list[dict]]:
+    """Each requested family's rows into `b`; returns the feature codec's families (BD-rate's) and training."""
+    video_fams: list[str] = []
+    training: list[dict] = []
+    if "ends" in fams:
+        b.whole_model_on_edge()
+        b.openvino_f32()
+        b.codec("lossless-end", "q8-zstd", dict(cut=args.cut))
+    if "video" in fams:
+        video_fams, training = run_video(b, args, work)
+    if "temporal" in fams:
+        video_fams.append("temporal")
+        b.sweep(TEMPORAL_SETTINGS, lambda s: b.codec("temporal", "temporal", dict(s, cut=args.cut)))
+    if "jpeg" in fams:
+        b.sweep(JPEG_QUALITIES, b.jpeg)
+    if "x264" in fams:
+        for preset in ("veryfast", "medium"):
+            b.sweep(X26X_CRFS, lambda c, p=preset: b.x26x("libx264", p, c, work))
+    if "x265" in fams:
+        b.sweep(X26X_CRFS, lambda c: b.x26x("libx265", "medium", c, work))
+    if "av1" in fams:
+        b.sweep(AV1_CRFS, lambda c: b.av1(c, work))
+    return video_fams, training
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     fams = set(filter(None, args.families.split(",")))
     model = Model(args.model, args.cut, parse_imgsz(args.imgsz), args.threads)
     frames, fps = read_frames(args.video, args.calibrate, args.frames)
     t_start = time.perf_counter()
     b = Bench(model, frames, fps, args.score_every)
-    video_fams: list[str] = []
-    training: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        if "ends" in fams:
-            b.whole_model_on_edge()
-            b.openvino_f32()
-            b.codec("lossless-end", "q8-zstd", dict(cut=args.cut))
-        if "video" in fams:
-            variants = [("video-h264", "h264", "veryfast", None)]
-            if args.calibrate:
-                own = calibrate_basis(args, work)
-                training.append(own)
-                variants += [("video-h264+basis", "h264", "veryfast", own["model"]),
-                             ("video-hevc+basis", "hevc", "ultrafast", own["model"])]
-            for path in args.cross_basis:
-                from split_infer.codec.basis import Basis, resolve
-
-                meta = Basis.load(resolve(path)).meta
-                training.append({"model": str(path), **meta.get("trained_on", {}), "command": meta.get("command"),
-                                 "role": "cross-camera: calibrated on another clip"})
-                copy = work / f"cross-{Path(path).name.removesuffix('.basis.npz')}.basis.npz"  # where the decoder looks
-                copy.write_bytes(resolve(path).read_bytes())
-                variants.append(("video-h264+cross-basis", "h264", "veryfast", str(copy)))
-            for fam, inner, preset, basis in variants:
-                video_fams.append(fam)
-                b.sweep(VIDEO_CODEC_CRFS, lambda c, fam=fam, inner=inner, preset=preset, basis=basis: b.codec(
-                    fam, "video", dict(inner=inner, preset=preset, crf=c, key_interval=b.gop, cut=args.cut,
-                                       **({"basis": basis} if basis else {})), learned_dir=str(work)))
-        if "temporal" in fams:
-            video_fams.append("temporal")
-            b.sweep(TEMPORAL_SETTINGS, lambda s: b.codec("temporal", "temporal", dict(s, cut=args.cut)))
-        if "jpeg" in fams:
-            b.sweep(JPEG_QUALITIES, b.jpeg)
-        if "x264" in fams:
-            for preset in ("veryfast", "medium"):
-                b.sweep(X26X_CRFS, lambda c, p=preset: b.x26x("libx264", p, c, work))
-        if "x265" in fams:
-            b.sweep(X26X_CRFS, lambda c: b.x26x("libx265", "medium", c, work))
-        if "av1" in fams:
-            b.sweep(AV1_CRFS, lambda c: b.av1(c, work))
+        video_fams, training = run_families(b, args, fams, Path(tmp))
     rows = b.rows
     curve_rows = [r for r in rows if r["family"] not in ("edge-whole-model", "noise-floor", "lossless-end")]
     res = {"benchmark": "rate_fidelity",

@@ -1,90 +1,116 @@
 """Redis key layout, in one place, for every service that reads or writes Redis.
 
-Streams hold the data; hashes hold the latest state; pub/sub carries live updates.
-Every key starts with PREFIX (env SPLIT_INFER_PREFIX, or `set_prefix`), so tests and several
-deployments can share one Redis. Read constants as `keys.CAMERAS_SET` (not `from keys import`)
-so that a changed prefix is seen.
+Streams hold the data; hashes hold the latest state; pub/sub carries live updates. Every key
+starts with a prefix, so tests and several deployments can share one Redis: each service is
+given a `Keys(prefix)`, by default `Keys.from_env()` (env SPLIT_INFER_PREFIX, else "si").
+What each entry and hash holds, field by field: split_infer/records.py.
 """
 
+from __future__ import annotations
+
 import os
+import re
+from dataclasses import dataclass
+from typing import ClassVar
 
-PREFIX = os.environ.get("SPLIT_INFER_PREFIX", "si")
+PREFIX_ENV = "SPLIT_INFER_PREFIX"
+DEFAULT_PREFIX = "si"
 
-# Feature frames from the ingest, one stream per camera, read by the workers' consumer group.
-# Entries are self-contained (no codec state needed): fields `camera`, `session`, `seq`,
-# `capture_ts`, `sent_ts`, `ingest_ts`, `width`, `height`, `payload` (codec wire format),
-# `timings` (JSON of edge stage ms), `dropped_before`. Workers XACK and XDEL an entry once its
-# detections are written, so XLEN is the queue depth (unread + in flight).
-def frames_stream(camera: str) -> str:
-    return f"{PREFIX}:frames:{camera}"
-
-
-FRAMES_GROUP = "workers"
-
-# Detection records, one stream per camera; entries carry fields `camera`, `session`, `seq`, `capture_ts`,
-# `done_ts`, `width`, `height` and `detections` (JSON list of {class_id, class_name, score, box}).
-def detections_stream(camera: str) -> str:
-    return f"{PREFIX}:detections:{camera}"
+# Camera ids and edge sessions become parts of Redis keys (after a ':') and of URL paths, so
+# they are ASCII letters, digits and '_.-' only (no ':' or '/'), checked the same everywhere.
+_ID_CHARS = "A-Za-z0-9_.-"
+CAMERA_ID_PATTERN = rf"^[{_ID_CHARS}]{{1,64}}$"
+SESSION_PATTERN = rf"^[{_ID_CHARS}]{{0,64}}$"
 
 
-# Idempotence: one short-lived key per (camera, session, seq) already written (SET NX EX), so a
-# redelivered frame adds nothing and memory stays bounded by the TTL.
-def done_key(camera: str, session: str, seq: int) -> str:
-    return f"{PREFIX}:done:{camera}:{session}:{seq}"
+def valid_camera_id(camera: str) -> bool:
+    return re.fullmatch(CAMERA_ID_PATTERN, camera) is not None
 
 
-# Frames a worker could not process (corrupt payload, poison frame), with the reason.
-DEAD_LETTER = f"{PREFIX}:deadletter"
-
-# Frames the batching policy shed (could no longer meet the latency objective): fields `camera`,
-# `session`, `seq`, `capture_ts`, `reason`. Each frame ends as one detection record or one of these.
-DROPPED = f"{PREFIX}:dropped"
+def valid_session(session: str) -> bool:
+    return re.fullmatch(SESSION_PATTERN, session) is not None
 
 
-ANALYTICS_GROUP = "analytics"
+@dataclass(frozen=True)
+class Keys:
+    """The keys of one deployment (one prefix)."""
 
-# Live detections and analytics events for dashboards (pub/sub channels).
-LIVE_DETECTIONS = f"{PREFIX}:live:detections"
-LIVE_EVENTS = f"{PREFIX}:live:events"
+    prefix: str = DEFAULT_PREFIX
 
-# Per-camera state hash written by the ingest (online, fps, bytes, last frame time...).
-def camera_state(camera: str) -> str:
-    return f"{PREFIX}:camera:{camera}"
+    # Consumer groups: the workers on each frames stream, the analytics on each detections stream.
+    FRAMES_GROUP: ClassVar[str] = "workers"
+    ANALYTICS_GROUP: ClassVar[str] = "analytics"
 
+    @classmethod
+    def from_env(cls) -> Keys:
+        return cls(os.environ.get(PREFIX_ENV, DEFAULT_PREFIX))
 
-CAMERAS_SET = f"{PREFIX}:cameras"
+    @property
+    def scan_pattern(self) -> str:
+        """SCAN MATCH pattern for every key of this prefix (clean-up of a test or benchmark)."""
+        return f"{self.prefix}:*"
 
-# Latest JPEG thumbnail per camera (bytes), sent by the edge now and then.
-def snapshot_key(camera: str) -> str:
-    return f"{PREFIX}:snapshot:{camera}"
+    def frames_stream(self, camera: str) -> str:
+        """Queued frames (records.QueuedFrame), read by the workers' group. Workers XACK and XDEL an
+        entry once its detections are written, so XLEN is the queue depth (unread + in flight)."""
+        return f"{self.prefix}:frames:{camera}"
 
+    def detections_stream(self, camera: str) -> str:
+        """Detection records (records.DetectionResult), one per frame."""
+        return f"{self.prefix}:detections:{camera}"
 
-# Analytics output.
-def events_stream(camera: str) -> str:
-    return f"{PREFIX}:events:{camera}"
+    def done_key(self, camera: str, session: str, seq: int) -> str:
+        """Idempotence: one short-lived key per (camera, session, seq) already written (SET NX EX),
+        so a redelivered frame adds nothing and memory stays bounded by the TTL."""
+        return f"{self.prefix}:done:{camera}:{session}:{seq}"
 
+    @property
+    def dead_letter(self) -> str:
+        """Frames a worker could not process (records.DeadLetter)."""
+        return f"{self.prefix}:deadletter"
 
-def counts_key(camera: str) -> str:
-    return f"{PREFIX}:counts:{camera}"
+    @property
+    def dropped(self) -> str:
+        """Frames the batching policy shed (records.ShedRecord). Each frame ends as one detection
+        record, one of these, or one dead letter."""
+        return f"{self.prefix}:dropped"
 
+    @property
+    def live_detections(self) -> str:
+        """Pub/sub channel: each detection record as JSON (records.DetectionResult.to_live_json)."""
+        return f"{self.prefix}:live:detections"
 
-def set_prefix(prefix: str) -> None:
-    """Move every key to another namespace; the module-level names below follow it."""
-    global PREFIX, LIVE_DETECTIONS, LIVE_EVENTS, CAMERAS_SET, DEAD_LETTER, DROPPED
-    PREFIX = prefix
-    DEAD_LETTER = f"{PREFIX}:deadletter"
-    DROPPED = f"{PREFIX}:dropped"
-    LIVE_DETECTIONS = f"{PREFIX}:live:detections"
-    LIVE_EVENTS = f"{PREFIX}:live:events"
-    CAMERAS_SET = f"{PREFIX}:cameras"
+    @property
+    def live_events(self) -> str:
+        """Pub/sub channel: each analytics event as JSON (records.AnalyticsEvent.to_json)."""
+        return f"{self.prefix}:live:events"
 
+    def camera_state(self, camera: str) -> str:
+        """Hash written by the ingest (records.CameraStatus)."""
+        return f"{self.prefix}:camera:{camera}"
 
-# Analytics bookkeeping (docs/analytics.md): the per-camera checkpoint that makes a restart
-# resume exactly (tracker, line sides, zone occupants, aggregates, last seq), and the lease that
-# gives one analytics instance at a time a camera (tracking needs every frame in one process).
-def analytics_state_key(camera: str) -> str:
-    return f"{PREFIX}:analytics:state:{camera}"
+    @property
+    def cameras(self) -> str:
+        """Set of every camera id the ingest has seen."""
+        return f"{self.prefix}:cameras"
 
+    def snapshot(self, camera: str) -> str:
+        """Latest JPEG thumbnail of a camera (bytes), sent by the edge now and then."""
+        return f"{self.prefix}:snapshot:{camera}"
 
-def analytics_owner_key(camera: str) -> str:
-    return f"{PREFIX}:analytics:owner:{camera}"
+    def events_stream(self, camera: str) -> str:
+        """Analytics events (records.AnalyticsEvent)."""
+        return f"{self.prefix}:events:{camera}"
+
+    def counts(self, camera: str) -> str:
+        """Hash of the analytics aggregates (records.AnalyticsCounts)."""
+        return f"{self.prefix}:counts:{camera}"
+
+    def analytics_state(self, camera: str) -> str:
+        """The analytics checkpoint that makes a restart resume exactly (docs/analytics.md)."""
+        return f"{self.prefix}:analytics:state:{camera}"
+
+    def analytics_owner(self, camera: str) -> str:
+        """The lease that gives one analytics instance at a time a camera (tracking needs every
+        frame in one process)."""
+        return f"{self.prefix}:analytics:owner:{camera}"

@@ -6,9 +6,8 @@ can checkpoint it with pickle and a replay gives the same events.
 
 from __future__ import annotations
 
-import json
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +15,12 @@ import supervision as sv
 from trackers import ByteTrackTracker
 
 from split_infer.analytics.aggregates import VEHICLES, Aggregates
-from split_infer.analytics.events import Event
+from split_infer.analytics.frames import DetectionFrame
 from split_infer.analytics.geometry import Point, anchor
 from split_infer.analytics.lines import LineCounter
-from split_infer.analytics.records import DetectionFrame
 from split_infer.analytics.zones import Zone
 from split_infer.config import TRAFFIC_CLASSES, CameraConfig
+from split_infer.records import AnalyticsCounts, AnalyticsEvent, MinuteTally, ZoneTally
 
 CLASS_INDEX = {name: i for i, name in enumerate(TRAFFIC_CLASSES)}
 
@@ -55,14 +54,14 @@ class Track:
     first_ts: float
     last_ts: float
     anchor: Point
-    votes: Counter[str] = field(default_factory=Counter)  # class -> summed detection score
+    votes: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # class -> summed score
     speed: float | None = None  # anchor motion in box heights per second, smoothed
     moved: bool = False  # has it ever been a box height away from where it was first seen? (parked: no)
     origin: Point | None = None
 
     @property
     def class_name(self) -> str:
-        return self.votes.most_common(1)[0][0]
+        return max(self.votes, key=self.votes.__getitem__)  # the first of equals, as Counter.most_common
 
 
 class CameraAnalytics:
@@ -90,31 +89,33 @@ class CameraAnalytics:
         for lc in cfg.lines:
             new = LineCounter.from_config(lc)
             old = self.lines.get(lc.name)
-            same = old is not None and (old.a, old.b, old.classes, old.margin) == (new.a, new.b, new.classes, new.margin)
-            lines[lc.name] = old if same else new
+            same = old is not None and ((old.a, old.b, old.classes, old.margin)
+                                        == (new.a, new.b, new.classes, new.margin))
+            lines[lc.name] = old if old is not None and same else new
         zones = {}
         for zc in cfg.zones:
             new_z = Zone.from_config(zc)
             old_z = self.zones.get(zc.name)
             same = (old_z is not None and np.array_equal(old_z.polygon, new_z.polygon)
                     and (old_z.classes, old_z.margin) == (new_z.classes, new_z.margin))
-            zones[zc.name] = old_z if same else new_z
+            zones[zc.name] = old_z if old_z is not None and same else new_z
         self.lines, self.zones = lines, zones
 
     # ------------------------------------------------------------------ per frame
 
-    def process(self, frame: DetectionFrame) -> list[Event]:
+    def process(self, frame: DetectionFrame) -> list[AnalyticsEvent]:
         """Track one frame (frames must come in capture order) and return the events it caused."""
         ts = frame.capture_ts
-        events: list[Event] = []
+        events: list[AnalyticsEvent] = []
         tracked = self.tracker.update(self._to_sv(frame), timestamp=ts)
         ids = tracked.tracker_id if tracked.tracker_id is not None else np.empty(0, int)
+        classes = tracked.class_id if tracked.class_id is not None else np.empty(0, int)  # set with the ids
         for i, tid in enumerate(ids):
             tid = int(tid)
             if tid < 0:
                 continue  # not confirmed yet: may be a ghost
             box = tracked.xyxy[i]
-            name = TRAFFIC_CLASSES[int(tracked.class_id[i])]
+            name = TRAFFIC_CLASSES[int(classes[i])]
             score = float(tracked.confidence[i]) if tracked.confidence is not None else 1.0
             events += self._observe(frame, tid, box, name, score)
         events += self._expire(frame)
@@ -133,7 +134,8 @@ class CameraAnalytics:
             class_id=np.array([CLASS_INDEX[d.class_name] for d in dets], dtype=int),
         )
 
-    def _observe(self, frame: DetectionFrame, tid: int, box: np.ndarray, name: str, score: float) -> list[Event]:
+    def _observe(self, frame: DetectionFrame, tid: int, box: np.ndarray, name: str,
+                 score: float) -> list[AnalyticsEvent]:
         ts, p = frame.capture_ts, anchor(box)
         track = self.tracks.get(tid)
         if track is None:
@@ -152,21 +154,23 @@ class CameraAnalytics:
             if not track.moved and math.dist(p, track.origin or p) >= max(1.0, float(box[3] - box[1])):
                 track.moved = True
         cls = track.class_name
-        out: list[Event] = []
+        out: list[AnalyticsEvent] = []
         for line in self.lines.values():
             direction = line.update(tid, cls, p)
             if direction is not None:
                 self.agg.crossing(ts, cls)
-                out.append(Event("line_cross", self.camera, frame.seq, ts, tid, cls, line=line.name, direction=direction))
+                out.append(AnalyticsEvent("line_cross", self.camera, frame.seq, ts, tid, cls, line=line.name,
+                                          direction=direction))
         for zone in self.zones.values():
             change = zone.update(tid, cls, p, ts)
             if change is not None:
                 kind, dwell = change
-                out.append(Event("zone_enter" if kind == "enter" else "zone_exit", self.camera, frame.seq, ts, tid,
-                                 cls, zone=zone.name, dwell_s=dwell, reason="left" if kind == "exit" else None))
+                out.append(AnalyticsEvent("zone_enter" if kind == "enter" else "zone_exit", self.camera, frame.seq, ts,
+                                          tid, cls, zone=zone.name, dwell_s=dwell,
+                                          reason="left" if kind == "exit" else None))
         return out
 
-    def _expire(self, frame: DetectionFrame) -> list[Event]:
+    def _expire(self, frame: DetectionFrame) -> list[AnalyticsEvent]:
         """Forget tracks unseen for track_ttl_s; close their zone stays as 'lost'."""
         ts, out = frame.capture_ts, []
         for tid in [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.settings.track_ttl_s]:
@@ -176,8 +180,8 @@ class CameraAnalytics:
             for zone in self.zones.values():
                 dwell = zone.leave(tid, track.last_ts)
                 if dwell is not None:
-                    out.append(Event("zone_exit", self.camera, frame.seq, ts, tid, track.class_name,
-                                     zone=zone.name, dwell_s=dwell, reason="lost"))
+                    out.append(AnalyticsEvent("zone_exit", self.camera, frame.seq, ts, tid, track.class_name,
+                                              zone=zone.name, dwell_s=dwell, reason="lost"))
         return out
 
     def _congestion(self, ts: float) -> None:
@@ -192,34 +196,25 @@ class CameraAnalytics:
 
     # ------------------------------------------------------------------ output
 
-    def counts_fields(self) -> dict[str, str]:
+    def counts(self) -> AnalyticsCounts:
         """The counts hash (field layout: docs/analytics.md)."""
         now = self.last_ts if math.isfinite(self.last_ts) else 0.0
-        f: dict[str, object] = {
-            "updated_ts": f"{now:.3f}", "seq": self.last_seq, "frames": self.frames,
-            "skipped_frames": self.skipped_frames, "rejected_records": self.rejected_records,
-            "congestion": self.agg.level, "congestion_score": f"{self.agg.score:.3f}",
-            "vehicles": self.agg.vehicles, "median_speed": f"{self.agg.median_speed:.3f}",
-        }
-        for line in self.lines.values():
-            for direction in ("in", "out"):
-                for cls in sorted(line.classes):
-                    f[f"line:{line.name}:{direction}:{cls}"] = line.counts[direction][cls]
+        lines = {line.name: {d: {cls: line.counts[d][cls] for cls in sorted(line.classes)} for d in ("in", "out")}
+                 for line in self.lines.values()}
+        zones = {}
         for zone in self.zones.values():
-            occ, dmax = zone.occupancy(), zone.dwell_max(now)
-            for cls in sorted(zone.classes):
-                f[f"zone:{zone.name}:occupancy:{cls}"] = occ[cls]
-                f[f"zone:{zone.name}:entries:{cls}"] = zone.entries[cls]
-                f[f"zone:{zone.name}:exits:{cls}"] = zone.exits[cls]
-                f[f"zone:{zone.name}:dwell_s:{cls}"] = f"{zone.dwell_total[cls]:.3f}"
-                f[f"zone:{zone.name}:dwell_max_s:{cls}"] = f"{dmax.get(cls, 0.0):.3f}"
+            classes, occ, dmax = sorted(zone.classes), zone.occupancy(), zone.dwell_max(now)
+            zones[zone.name] = ZoneTally(
+                occupancy={c: occ[c] for c in classes}, entries={c: zone.entries[c] for c in classes},
+                exits={c: zone.exits[c] for c in classes}, dwell_s={c: zone.dwell_total.get(c, 0.0) for c in classes},
+                dwell_max_s={c: dmax.get(c, 0.0) for c in classes})
         basis = "crossings" if self.lines else "tracks"
         per_min = self.agg.per_minute(now, basis)
-        f["per_minute_basis"] = basis
-        for cls in TRAFFIC_CLASSES:
-            f[f"per_minute:{cls}"] = per_min[cls]
         tracks_now = Counter(tr.class_name for tr in self.tracks.values() if tr.last_ts == now)
-        for cls in TRAFFIC_CLASSES:
-            f[f"tracks:{cls}"] = tracks_now[cls]
-        f["per_minute_history"] = json.dumps(self.agg.history(), separators=(",", ":"))
-        return {k: str(v) for k, v in f.items()}
+        return AnalyticsCounts(
+            updated_ts=now, seq=self.last_seq, frames=self.frames, skipped_frames=self.skipped_frames,
+            rejected_records=self.rejected_records, congestion=self.agg.level, congestion_score=self.agg.score,
+            vehicles=self.agg.vehicles, median_speed=self.agg.median_speed, lines=lines, zones=zones,
+            per_minute_basis=basis, per_minute={c: per_min[c] for c in TRAFFIC_CLASSES},
+            tracks={c: tracks_now[c] for c in TRAFFIC_CLASSES},
+            per_minute_history=tuple(MinuteTally(**m) for m in self.agg.history()))

@@ -1,14 +1,10 @@
-"""Detection stream records -> typed frames, with one clear error for anything malformed."""
+"""Detection records as the analytics sees them: typed frames (the record format: split_infer/records.py)."""
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 
-
-class RecordError(ValueError):
-    """A detection record that cannot be analysed (missing field, bad JSON, bad box...)."""
+from split_infer.records import DetectionResult, RawFields
 
 
 @dataclass(frozen=True)
@@ -29,33 +25,8 @@ class DetectionFrame:
     session: str = ""
 
 
-def _s(v: object) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def parse_record(fields: dict) -> DetectionFrame:
-    """Parse a detections stream entry (bytes or str keys and values)."""
-    f = {_s(k): _s(v) for k, v in fields.items()}
-    try:
-        camera, seq, ts = f["camera"], int(f["seq"]), float(f["capture_ts"])
-        width, height = int(f.get("width", 0)), int(f.get("height", 0))
-        raw = json.loads(f["detections"])
-    except KeyError as e:
-        raise RecordError(f"detection record lacks field {e.args[0]!r}") from None
-    except (ValueError, TypeError) as e:
-        raise RecordError(f"detection record has a bad value: {e}") from None
-    if seq < 0 or not math.isfinite(ts):
-        raise RecordError(f"detection record has seq {seq} / capture_ts {ts}")
-    if not isinstance(raw, list):
-        raise RecordError("detection record's `detections` is not a JSON list")
-    dets = []
-    for i, d in enumerate(raw):
-        try:
-            box = tuple(float(x) for x in d["box"])
-            det = Detection(str(d["class_name"]), float(d["score"]), box)  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError) as e:
-            raise RecordError(f"detection {i} is malformed: {e!r}") from None
-        if len(box) != 4 or not all(map(math.isfinite, box)) or box[2] < box[0] or box[3] < box[1]:
-            raise RecordError(f"detection {i} has a bad box {list(box)}")
-        dets.append(det)
-    return DetectionFrame(camera, seq, ts, width, height, tuple(dets), f.get("session", ""))
+def parse_record(fields: RawFields) -> DetectionFrame:
+    """A detections stream entry (bytes or str keys and values); RecordError if it is malformed."""
+    r = DetectionResult.from_fields(fields)
+    dets = tuple(Detection(d.class_name, d.score, d.box) for d in r.detections)
+    return DetectionFrame(r.camera, r.seq, r.capture_ts, r.width, r.height, dets, r.session)

@@ -29,8 +29,8 @@ class LineCounter:
     counts: dict[Direction, Counter[str]] = field(default_factory=lambda: {"in": Counter(), "out": Counter()})
 
     @classmethod
-    def from_config(cls, cfg: LineConfig) -> "LineCounter":
-        return cls(name=cfg.name, a=tuple(cfg.a), b=tuple(cfg.b), classes=frozenset(cfg.classes),
+    def from_config(cls, cfg: LineConfig) -> LineCounter:
+        return cls(name=cfg.name, a=cfg.a, b=cfg.b, classes=frozenset(cfg.classes),
                    margin=cfg.margin)
 
     def update(self, track_id: int, class_name: str, p: Point) -> Direction | None:

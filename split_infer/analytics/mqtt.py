@@ -18,10 +18,10 @@ import logging
 import paho.mqtt.client as mqtt
 
 from split_infer.analytics.camera import CameraAnalytics
-from split_infer.analytics.events import Event
 from split_infer.config import TRAFFIC_CLASSES
+from split_infer.records import AnalyticsEvent
 
-log = logging.getLogger("split_infer.analytics.mqtt")
+log = logging.getLogger(__name__)
 
 
 class MqttError(RuntimeError):
@@ -46,13 +46,13 @@ class MqttPublisher:
             self._last[topic] = payload
             self.client.publish(topic, payload, qos=1, retain=retain)
 
-    def publish(self, camera: str, events: list[Event], analytics: CameraAnalytics) -> None:
+    def publish(self, camera: str, events: list[AnalyticsEvent], analytics: CameraAnalytics) -> None:
         for ev in events:
             body = ev.as_dict() | {"label": ev.class_name}
             self.client.publish(f"{self.prefix}/events", json.dumps(body), qos=1)
-        fields = analytics.counts_fields()
+        tracks = analytics.counts().tracks
         for cls in TRAFFIC_CLASSES:
-            self._changed(f"{self.prefix}/{camera}/{cls}", fields[f"tracks:{cls}"])
+            self._changed(f"{self.prefix}/{camera}/{cls}", str(tracks[cls]))
         for zone in analytics.zones.values():
             occ = zone.occupancy()
             for cls in sorted(zone.classes):

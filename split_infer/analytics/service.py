@@ -12,23 +12,24 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import os
 import pickle
-import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from pydantic import ValidationError
 
-from split_infer import keys, metrics
+from split_infer import metrics
 from split_infer.analytics.camera import CameraAnalytics
-from split_infer.analytics.events import Event
-from split_infer.analytics.records import DetectionFrame, RecordError, parse_record
-from split_infer.config import CameraConfig, CloudConfig, load_yaml
+from split_infer.analytics.frames import DetectionFrame, parse_record
+from split_infer.config import CameraConfig, CloudConfig, ConfigError, load_config
+from split_infer.keys import Keys
+from split_infer.records import AnalyticsEvent, RecordError
+from split_infer.service import StopEvent, service_main
+from split_infer.streams import create_group
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
@@ -56,7 +57,7 @@ class _CheckpointUnpickler(pickle.Unpickler):
 def load_checkpoint(raw: bytes) -> dict:
     return _CheckpointUnpickler(io.BytesIO(raw)).load()
 
-log = logging.getLogger("split_infer.analytics")
+log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 # Renew the lease only if we still hold it (a plain EXPIRE could extend someone else's lease).
@@ -82,7 +83,7 @@ class Owned:
     buffer: list[Pending] = field(default_factory=list)
     backlog: str | None = "0"  # where to go on reading our pending entries (PEL); None: done
     acks: list[str] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    events: list[AnalyticsEvent] = field(default_factory=list)
     dirty: bool = False
 
 
@@ -96,12 +97,14 @@ class Settings:
     block_ms: int = 200
     read_count: int = 64  # per stream and step: bounds a step's time well under the lease
     events_maxlen: int = 100_000
-    discover: bool = True  # also analyse cameras that appear in keys.CAMERAS_SET
+    discover: bool = True  # also analyse every camera the ingest has seen (Keys.cameras)
 
 
 class AnalyticsService:
-    def __init__(self, r: redis.Redis, cfg: CloudConfig, settings: Settings, mqtt=None) -> None:
+    def __init__(self, r: redis.Redis, cfg: CloudConfig, settings: Settings, mqtt=None,
+                 keys: Keys | None = None) -> None:
         self.r = r
+        self.keys = keys or Keys.from_env()
         self.cfg = cfg
         self.s = settings
         self.mqtt = mqtt  # optional MqttPublisher (split_infer.analytics.mqtt): .publish(camera, events, analytics)
@@ -115,7 +118,7 @@ class AnalyticsService:
     def cameras(self) -> dict[str, CameraConfig]:
         cams = {c.id: c for c in self.cfg.cameras}
         if self.s.discover:
-            for raw in self.r.smembers(keys.CAMERAS_SET):
+            for raw in self.r.smembers(self.keys.cameras):
                 cid = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
                 if cid in cams:
                     continue
@@ -124,7 +127,7 @@ class AnalyticsService:
                 except ValidationError:
                     if cid not in self._bad_ids:
                         self._bad_ids.add(cid)
-                        log.error("ignoring camera id %r from %s: not a valid camera id", cid, keys.CAMERAS_SET)
+                        log.error("ignoring camera id %r from %s: not a valid camera id", cid, self.keys.cameras)
         return cams
 
     def renew_leases(self, now: float, force: bool = False) -> None:
@@ -133,7 +136,7 @@ class AnalyticsService:
             return
         self._last_renew = now
         for cid in list(self.owned):
-            if not self.r.eval(RENEW, 1, keys.analytics_owner_key(cid), self.s.consumer, self.s.lease_ms):
+            if not self.r.eval(RENEW, 1, self.keys.analytics_owner(cid), self.s.consumer, self.s.lease_ms):
                 log.warning("lost the lease of camera %s; dropping it", cid)
                 self.owned.pop(cid, None)
 
@@ -145,7 +148,7 @@ class AnalyticsService:
         self.renew_leases(now, force=True)
         me = self.s.consumer
         for cid, cam in self.cameras().items():
-            key = keys.analytics_owner_key(cid)
+            key = self.keys.analytics_owner(cid)
             if cid in self.owned:
                 continue
             got = self.r.set(key, me, nx=True, px=self.s.lease_ms)
@@ -156,23 +159,19 @@ class AnalyticsService:
             self._take(cid, cam)
 
     def _take(self, cid: str, cam: CameraConfig) -> None:
-        stream = keys.detections_stream(cid)
-        try:
-            self.r.xgroup_create(stream, keys.ANALYTICS_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        stream = self.keys.detections_stream(cid)
+        create_group(self.r, stream, self.keys.ANALYTICS_GROUP)
         # Records a previous owner read but never acked are ours now.
         start = "0-0"
         while True:
-            start, *_ = self.r.xautoclaim(stream, keys.ANALYTICS_GROUP, self.s.consumer, 0, start, count=1000)
+            start, *_ = self.r.xautoclaim(stream, self.keys.ANALYTICS_GROUP, self.s.consumer, 0, start, count=1000)
             if start in (b"0-0", "0-0"):
                 break
         self.owned[cid] = Owned(cam, self._load_state(cid, cam))
         log.info("analysing camera %s (from seq %d)", cid, self.owned[cid].analytics.last_seq)
 
     def _load_state(self, cid: str, cam: CameraConfig) -> CameraAnalytics:
-        raw = self.r.get(keys.analytics_state_key(cid))
+        raw: Any = self.r.get(self.keys.analytics_state(cid))
         if raw:
             try:
                 state = load_checkpoint(raw)
@@ -206,21 +205,23 @@ class AnalyticsService:
 
     def _read(self) -> int:
         # First our own pending entries (after a start or a takeover), paged from id 0; then new ones.
-        backlog = {keys.detections_stream(c): o.backlog for c, o in self.owned.items() if o.backlog}
-        streams = backlog or {keys.detections_stream(c): ">" for c in self.owned}
+        backlog = {self.keys.detections_stream(c): o.backlog for c, o in self.owned.items() if o.backlog}
+        streams: dict[Any, Any] = backlog or {self.keys.detections_stream(c): ">" for c in self.owned}
         block = None if backlog else self.s.block_ms
-        reply = self.r.xreadgroup(keys.ANALYTICS_GROUP, self.s.consumer, streams, count=self.s.read_count, block=block)
+        reply: Any = self.r.xreadgroup(self.keys.ANALYTICS_GROUP, self.s.consumer, streams, count=self.s.read_count,
+                                  block=block)
         got = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in (reply or [])}
         n = 0
         for cid, own in self.owned.items():
-            stream = keys.detections_stream(cid)
+            stream = self.keys.detections_stream(cid)
             entries = got.get(stream, [])
             n += len(entries)
             for entry_id, fields in entries:
                 self._admit(cid, own, entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields)
             if stream in backlog:
                 last = entries[-1][0] if entries else None
-                own.backlog = (last.decode() if isinstance(last, bytes) else last) if len(entries) == self.s.read_count else None
+                more = len(entries) == self.s.read_count
+                own.backlog = (last.decode() if isinstance(last, bytes) else last) if more else None
         return n
 
     def _admit(self, cid: str, own: Owned, entry_id: str, fields: dict) -> None:
@@ -271,9 +272,9 @@ class AnalyticsService:
             metrics.FRAMES.labels(stage="analytics", outcome="processed").inc()
 
     def _commit(self, cid: str, own: Owned) -> None:
-        owner_key = keys.analytics_owner_key(cid)
+        owner_key = self.keys.analytics_owner(cid)
         events, acks = own.events, own.acks
-        counts = own.analytics.counts_fields() if own.dirty else None
+        counts = own.analytics.counts().to_fields() if own.dirty else None
         with self.r.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(owner_key)
@@ -281,23 +282,24 @@ class AnalyticsService:
                     raise redis.WatchError("lease lost")
                 pipe.multi()
                 for ev in events:
-                    pipe.xadd(keys.events_stream(cid), ev.to_fields(), maxlen=self.s.events_maxlen, approximate=True)
+                    pipe.xadd(self.keys.events_stream(cid), ev.to_fields(), maxlen=self.s.events_maxlen,
+                              approximate=True)
                 if counts is not None:
-                    pipe.delete(keys.counts_key(cid))
-                    pipe.hset(keys.counts_key(cid), mapping=counts)
+                    pipe.delete(self.keys.counts(cid))
+                    pipe.hset(self.keys.counts(cid), mapping=counts)
                     state = {"version": STATE_VERSION, "analytics": own.analytics}
-                    pipe.set(keys.analytics_state_key(cid), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+                    pipe.set(self.keys.analytics_state(cid), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
                 results = pipe.execute()
             except redis.WatchError:
                 log.warning("camera %s: lease lost before commit; another instance takes over", cid)
                 self.owned.pop(cid, None)
                 return
         if acks:
-            self.r.xack(keys.detections_stream(cid), keys.ANALYTICS_GROUP, *acks)
+            self.r.xack(self.keys.detections_stream(cid), self.keys.ANALYTICS_GROUP, *acks)
         own.events, own.acks, own.dirty = [], [], False
-        for ev, entry_id in zip(events, results):
+        for ev, entry_id in zip(events, results, strict=False):  # results: the events' ids, then the rest
             eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            self.r.publish(keys.LIVE_EVENTS, ev.to_json(eid))
+            self.r.publish(self.keys.live_events, ev.to_json(eid))
         if self.mqtt is not None and (events or counts):
             self.mqtt.publish(cid, events, own.analytics)
 
@@ -323,9 +325,12 @@ class AnalyticsService:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="split-infer analytics", description="Tracking, line and zone counts over "
-                                 "the detection streams (docs/analytics.md).")
-    ap.add_argument("--config", help="cloud YAML (CloudConfig: cameras with lines and zones)")
+    return service_main("split-infer analytics", "Tracking, line and zone counts over the detection streams "
+                        "(docs/analytics.md).", argv, _add_arguments, _run,
+                        config_help="cloud YAML (CloudConfig: cameras with lines and zones)")
+
+
+def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--redis-url", help="redis://host:port/db (default from config)")
     ap.add_argument("--consumer", default=f"analytics-{socket.gethostname()}",
                     help="consumer and lease name; keep it stable across restarts, unique per live instance")
@@ -335,28 +340,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-addr", default="127.0.0.1")
     ap.add_argument("--mqtt", help="publish events to this MQTT broker, host[:port]")
     ap.add_argument("--mqtt-prefix", default="frigate", help="MQTT topic prefix (Frigate layout)")
-    ap.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    cfg = load_yaml(args.config, CloudConfig) if args.config else CloudConfig()
+
+def _run(args: argparse.Namespace, stop: StopEvent) -> int:
+    cfg = load_config(args.config, CloudConfig)
     r = redis.Redis.from_url(args.redis_url or cfg.redis_url)
     mqtt = None
     if args.mqtt:
-        from split_infer.analytics.mqtt import MqttError, MqttPublisher
+        from split_infer.analytics.mqtt import MqttError, MqttPublisher  # paho-mqtt, needed only with --mqtt
 
         host, _, port = args.mqtt.partition(":")
         try:
             mqtt = MqttPublisher(host, int(port or 1883), args.mqtt_prefix, client_id=args.consumer)
         except (MqttError, ValueError) as e:
-            print(f"split-infer analytics: {e}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--mqtt {args.mqtt}: {e}") from None
     metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
     service = AnalyticsService(r, cfg, Settings(consumer=args.consumer, reorder_wait_s=args.reorder_wait,
                                                 discover=not args.no_discover), mqtt=mqtt)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     log.info("analytics %s on %s", args.consumer, args.redis_url or cfg.redis_url)
     service.run(stop)
     if mqtt is not None:

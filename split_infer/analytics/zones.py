@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +26,10 @@ class Zone:
     inside: dict[int, Stay] = field(default_factory=dict)  # track id -> its current stay
     entries: Counter[str] = field(default_factory=Counter)
     exits: Counter[str] = field(default_factory=Counter)
-    dwell_total: Counter[str] = field(default_factory=Counter)  # seconds, of finished stays
+    dwell_total: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # s, finished stays
 
     @classmethod
-    def from_config(cls, cfg: ZoneConfig) -> "Zone":
+    def from_config(cls, cfg: ZoneConfig) -> Zone:
         return cls(name=cfg.name, polygon=np.asarray(cfg.polygon, dtype=float), classes=frozenset(cfg.classes),
                    margin=cfg.margin)
 

@@ -6,9 +6,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Same rule as CameraConfig.id: a camera id in a URL path is checked before Redis is asked.
-CAMERA_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-
 # Time bounds in unix seconds; the upper bound keeps millisecond stream ids in 64 bits.
 UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, description="unix time, seconds")]
 
@@ -47,7 +44,7 @@ class DetectionHistory(Model):
     skipped: int = Field(description="malformed records in the range that could not be read")
 
 
-class CameraState(Model):
+class CameraView(Model):
     id: str
     online: bool = Field(description="the ingest says online and a frame arrived within the staleness window")
     fps: float | None = Field(description="frames per second received from the edge (0 when offline)")
@@ -67,7 +64,7 @@ class CameraState(Model):
 class CameraList(Model):
     server_ts: float
     stale_after_s: float
-    cameras: list[CameraState]
+    cameras: list[CameraView]
 
 
 class LineCounts(Model):

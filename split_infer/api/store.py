@@ -1,22 +1,22 @@
 """Reads what the pipeline wrote to Redis and turns it into the API's models.
 
-One place knows the record formats (docs/api.md, docs/analytics.md); the routes and the live
-stream only call these functions. A malformed record is skipped and counted, never a 500.
+The records are read through split_infer/records.py; the routes and the live stream only call
+this module. A malformed record is skipped and counted, never a 500.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
+from dataclasses import asdict
+from typing import Any
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from split_infer import keys
 from split_infer.api.models import (
     CameraCounts,
-    CameraState,
+    CameraView,
     Detection,
     DetectionRecord,
     Event,
@@ -24,34 +24,19 @@ from split_infer.api.models import (
     MinuteCounts,
     ZoneCounts,
 )
+from split_infer.keys import Keys
+from split_infer.records import AnalyticsCounts, AnalyticsEvent, CameraStatus, DetectionResult, RawFields, RecordError
 
 log = logging.getLogger(__name__)
-
-Fields = dict[bytes, bytes]
 
 
 class NotFound(LookupError):
     """A camera or an item the caller asked for does not exist (the API answers 404)."""
 
 
-def as_str(v: bytes | str | None) -> str | None:
+def as_str(v: bytes | str) -> str:
     """A Redis reply (bytes) as text."""
-    if v is None:
-        return None
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-
-
-def _float(v: bytes | str | None) -> float | None:
-    try:
-        f = float(as_str(v))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _int(v: bytes | str | None) -> int | None:
-    f = _float(v)
-    return int(f) if f is not None else None
 
 
 def ms_id(ts: float) -> int:
@@ -59,212 +44,147 @@ def ms_id(ts: float) -> int:
     return round(ts * 1000)
 
 
-def id_ts(entry_id: bytes | str) -> float:
-    """The write time (unix seconds) that a Redis stream id carries."""
-    return int(as_str(entry_id).split("-")[0]) / 1000.0  # type: ignore[union-attr]
+# -- records -> models ---------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------- cameras
-
-
-async def camera_ids(r: Redis) -> list[str]:
-    return sorted(as_str(m) for m in await r.smembers(keys.CAMERAS_SET))  # type: ignore[misc]
-
-
-async def require_camera(r: Redis, camera: str) -> None:
-    if not await r.sismember(keys.CAMERAS_SET, camera):
-        raise NotFound(f"unknown camera {camera!r}; GET /api/cameras lists the known ones")
-
-
-def parse_state(camera: str, h: Fields, latest: DetectionRecord | None, now: float,
-                stale_after_s: float) -> CameraState:
-    """Camera state hash (written by the ingest, split_infer/cloud/ingest.py) -> CameraState.
-
-    `online` also needs a recent frame: a camera whose ingest died (and so never wrote
-    "offline") still shows as offline once its frames stop.
-    """
-    g = {as_str(k): v for k, v in h.items()}
-    seen = _float(g.get("last_seen_ts"))
+def camera_view(camera: str, status: CameraStatus, latest: DetectionRecord | None, now: float,
+                stale_after_s: float) -> CameraView:
+    """`online` also needs a recent frame: a camera whose ingest died (and so never wrote
+    "offline") still shows as offline once its frames stop."""
+    seen = status.last_seen_ts
     age = max(0.0, now - seen) if seen is not None else None
-    flagged_up = as_str(g.get("online")) == "1"
-    online = flagged_up and age is not None and age <= stale_after_s
+    online = status.online and age is not None and age <= stale_after_s
     idle = 0.0 if seen is not None else None  # rates of a camera that stopped are 0, not stale
-    return CameraState(
-        id=camera,
-        online=online,
-        fps=_float(g.get("fps")) if online else idle,
-        bytes_per_s=_float(g.get("bytes_per_s")) if online else idle,
-        last_frame_ts=_float(g.get("last_frame_ts")),
-        last_seen_ts=seen,
-        age_s=age,
-        latency_s=latest.latency_s if latest else None,
-        frames_total=_int(g.get("frames")),
-        bytes_total=_int(g.get("bytes")),
-        rejected_total=_int(g.get("rejected")),
-        dropped_edge_total=_int(g.get("dropped_edge")),
-        session=as_str(g.get("session")) or None,
-        peer=as_str(g.get("peer")) or None,
+    return CameraView(
+        id=camera, online=online, fps=status.fps if online else idle,
+        bytes_per_s=status.bytes_per_s if online else idle, last_frame_ts=status.last_frame_ts,
+        last_seen_ts=seen, age_s=age, latency_s=latest.latency_s if latest else None, frames_total=status.frames,
+        bytes_total=status.bytes, rejected_total=status.rejected, dropped_edge_total=status.dropped_edge,
+        session=status.session, peer=status.peer,
     )
 
 
-async def camera_states(r: Redis, stale_after_s: float, only: list[str] | None = None) -> list[CameraState]:
-    ids = only if only is not None else await camera_ids(r)
-    async with r.pipeline(transaction=False) as p:
-        for cam in ids:
-            p.hgetall(keys.camera_state(cam))
-            p.xrevrange(keys.detections_stream(cam), count=1)
-        replies = await p.execute()
-    now = time.time()
-    out = []
-    for i, cam in enumerate(ids):
-        h, last = replies[2 * i], replies[2 * i + 1]
-        rec = parse_record(cam, *last[0]) if last else None
-        out.append(parse_state(cam, h, rec, now, stale_after_s))
-    return out
-
-
-# ---------------------------------------------------------------------------- detections
-
-
-def parse_record(camera: str, entry_id: bytes | str, f: Fields) -> DetectionRecord | None:
+def detection_record(camera: str, entry_id: bytes | str, fields: RawFields) -> DetectionRecord | None:
     """A detections-stream entry -> DetectionRecord, or None when it is malformed."""
-    g = {as_str(k): v for k, v in f.items()}
     try:
-        raw = json.loads(as_str(g.get("detections")) or "[]")
-        dets = [Detection.model_validate(d) for d in raw]
-        capture, done = _float(g["capture_ts"]), _float(g["done_ts"])
-        seq, width, height = _int(g["seq"]), _int(g["width"]), _int(g["height"])
-        if None in (capture, done, seq, width, height):
-            raise ValueError("non-numeric capture_ts/done_ts/seq/width/height")
+        rec = DetectionResult.from_fields(fields)
+        if rec.done_ts is None:
+            raise RecordError("the record has no time of detection")
         return DetectionRecord(
-            id=as_str(entry_id), camera=as_str(g.get("camera")) or camera, seq=seq, capture_ts=capture,
-            done_ts=done, latency_s=max(0.0, done - capture), width=width, height=height,
-            detections=dets,
+            id=as_str(entry_id), camera=rec.camera, seq=rec.seq, capture_ts=rec.capture_ts, done_ts=rec.done_ts,
+            latency_s=max(0.0, rec.done_ts - rec.capture_ts), width=rec.width, height=rec.height,
+            detections=[Detection.model_validate(d.to_json()) for d in rec.detections],
         )
-    except (KeyError, ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+    except (RecordError, ValidationError) as e:
         log.warning("skipping malformed detection record %s of %s: %s", as_str(entry_id), camera, e)
         return None
 
 
-async def latest_detections(r: Redis, camera: str) -> DetectionRecord:
-    await require_camera(r, camera)
-    # A few entries back in case the newest one is malformed.
-    for entry_id, f in await r.xrevrange(keys.detections_stream(camera), count=10):
-        rec = parse_record(camera, entry_id, f)
-        if rec is not None:
-            return rec
-    raise NotFound(f"camera {camera!r} has no detection records yet")
-
-
-async def detection_history(r: Redis, camera: str, start: float, end: float,
-                            limit: int) -> tuple[list[DetectionRecord], bool, int]:
-    """Records written in [start, end] (oldest first), whether more exist, how many were bad."""
-    await require_camera(r, camera)
-    entries = await r.xrange(keys.detections_stream(camera), min=ms_id(start), max=ms_id(end),
-                             count=limit + 1)
-    truncated = len(entries) > limit
-    records = [parse_record(camera, i, f) for i, f in entries[:limit]]
-    good = [x for x in records if x is not None]
-    return good, truncated, len(records) - len(good)
-
-
-# ---------------------------------------------------------------------------- analytics
-
-
-def parse_event(camera: str, entry_id: bytes | str, f: Fields) -> Event | None:
-    """An events-stream entry (docs/analytics.md) -> Event, or None when it is malformed."""
-    g = {as_str(k): as_str(v) for k, v in f.items()}
+def event(camera: str, entry_id: bytes | str, fields: RawFields) -> Event | None:
+    """An events-stream entry -> Event, or None when it is malformed."""
     try:
-        ts = _float(g.get("ts"))
-        return Event(
-            id=as_str(entry_id), camera=g.get("camera") or camera, type=g["type"],
-            ts=id_ts(entry_id) if ts is None else ts, seq=_int(g.get("seq")),
-            track_id=_int(g.get("track_id")), class_name=g.get("class_name"), line=g.get("line"),
-            direction=g.get("direction"), zone=g.get("zone"), dwell_s=_float(g.get("dwell_s")),
-            reason=g.get("reason"),
-        )
-    except (KeyError, ValueError, TypeError) as e:
+        return Event(id=as_str(entry_id), **AnalyticsEvent.from_fields(fields).as_dict())
+    except (RecordError, ValidationError) as e:
         log.warning("skipping malformed event %s of %s: %s", as_str(entry_id), camera, e)
         return None
 
 
-async def events(r: Redis, camera: str, start: float, end: float, limit: int,
-                 type_: str | None) -> tuple[list[Event], int]:
-    """Newest-first events of one camera in [start, end]."""
-    await require_camera(r, camera)
-    entries = await r.xrevrange(keys.events_stream(camera), max=ms_id(end), min=ms_id(start),
-                                count=limit if type_ is None else limit * 10)
-    parsed = [parse_event(camera, i, f) for i, f in entries]
-    good = [e for e in parsed if e is not None and (type_ is None or e.type == type_)]
-    return good[:limit], len(parsed) - sum(e is not None for e in parsed)
-
-
-async def all_events(r: Redis, start: float, end: float, limit: int, type_: str | None) -> tuple[list[Event], int]:
-    """Newest-first events of every camera in [start, end]."""
-    merged: list[Event] = []
-    skipped = 0
-    for cam in await camera_ids(r):
-        evs, bad = await events(r, cam, start, end, limit, type_)
-        merged += evs
-        skipped += bad
-    merged.sort(key=lambda e: (e.ts, e.id), reverse=True)
-    return merged[:limit], skipped
-
-
-_ZONE_INT = ("occupancy", "entries", "exits")
-_ZONE_FLOAT = ("dwell_s", "dwell_max_s")
-
-
-def parse_counts(camera: str, h: Fields) -> CameraCounts:
-    """The analytics counts hash -> CameraCounts. Field layout: docs/analytics.md.
-
-    Unknown or unreadable fields are left out, so a newer analytics cannot break the API.
-    """
-    g = {as_str(k) or "": as_str(v) or "" for k, v in h.items()}
-    lines: dict[str, LineCounts] = {}
-    zones: dict[str, ZoneCounts] = {}
-    per_class: dict[str, dict[str, int]] = {"per_minute": {}, "tracks": {}}
-    for k, v in g.items():
-        parts, val = k.split(":"), _float(v)
-        if val is None:
-            continue
-        if len(parts) == 4 and parts[0] == "line" and parts[2] in ("in", "out"):
-            lc = lines.setdefault(parts[1], LineCounts(name=parts[1], in_={}, out={}))
-            (lc.in_ if parts[2] == "in" else lc.out)[parts[3]] = int(val)
-        elif len(parts) == 4 and parts[0] == "zone" and parts[2] in _ZONE_INT + _ZONE_FLOAT:
-            zc = zones.setdefault(parts[1], ZoneCounts(name=parts[1], occupancy={}, entries={}, exits={},
-                                                       dwell_s={}, dwell_max_s={}))
-            getattr(zc, parts[2])[parts[3]] = int(val) if parts[2] in _ZONE_INT else val
-        elif len(parts) == 2 and parts[0] in per_class:
-            per_class[parts[0]][parts[1]] = int(val)
-    history: list[MinuteCounts] = []
-    try:
-        history = [MinuteCounts.model_validate(m) for m in json.loads(g.get("per_minute_history") or "[]")]
-    except (ValueError, TypeError) as e:
-        log.warning("camera %s: unreadable per_minute_history: %s", camera, e)
+def camera_counts(camera: str, counts: AnalyticsCounts) -> CameraCounts:
+    lines = [LineCounts.model_validate({"name": name, "in": d.get("in", {}), "out": d.get("out", {})})
+             for name, d in counts.lines.items()]
+    zones = [ZoneCounts(name=name, **asdict(tally)) for name, tally in counts.zones.items()]
     return CameraCounts(
-        camera=camera, updated_ts=_float(g.get("updated_ts")), seq=_int(g.get("seq")),
-        lines=sorted(lines.values(), key=lambda x: x.name), zones=sorted(zones.values(), key=lambda x: x.name),
-        tracks=per_class["tracks"], per_minute=per_class["per_minute"],
-        per_minute_basis=g.get("per_minute_basis") or None, per_minute_history=history,
-        congestion=g.get("congestion") or None, congestion_score=_float(g.get("congestion_score")),
-        vehicles=_int(g.get("vehicles")), median_speed=_float(g.get("median_speed")),
-        frames=_int(g.get("frames")), skipped_frames=_int(g.get("skipped_frames")),
-        rejected_records=_int(g.get("rejected_records")),
+        camera=camera, updated_ts=counts.updated_ts, seq=counts.seq, lines=sorted(lines, key=lambda x: x.name),
+        zones=sorted(zones, key=lambda x: x.name), tracks=counts.tracks, per_minute=counts.per_minute,
+        per_minute_basis=counts.per_minute_basis,
+        per_minute_history=[MinuteCounts(**asdict(m)) for m in counts.per_minute_history],
+        congestion=counts.congestion, congestion_score=counts.congestion_score, vehicles=counts.vehicles,
+        median_speed=counts.median_speed, frames=counts.frames, skipped_frames=counts.skipped_frames,
+        rejected_records=counts.rejected_records,
     )
 
 
-async def counts(r: Redis, camera: str) -> CameraCounts:
-    await require_camera(r, camera)
-    return parse_counts(camera, await r.hgetall(keys.counts_key(camera)))
+# -- Redis ---------------------------------------------------------------------------------------
 
 
-# ---------------------------------------------------------------------------- snapshots
+class Store:
+    """The pipeline's Redis as the API reads it: one client, one deployment's keys."""
 
+    def __init__(self, r: Redis, keys: Keys) -> None:
+        self.r, self.keys = r, keys
 
-async def snapshot(r: Redis, camera: str) -> bytes:
-    await require_camera(r, camera)
-    jpeg = await r.get(keys.snapshot_key(camera))
-    if not jpeg:
-        raise NotFound(f"camera {camera!r} has sent no snapshot yet")
-    return jpeg
+    async def camera_ids(self) -> list[str]:
+        return sorted(as_str(m) for m in await self.r.smembers(self.keys.cameras))
+
+    async def require_camera(self, camera: str) -> None:
+        if not await self.r.sismember(self.keys.cameras, camera):
+            raise NotFound(f"unknown camera {camera!r}; GET /api/cameras lists the known ones")
+
+    async def camera_states(self, stale_after_s: float, only: list[str] | None = None) -> list[CameraView]:
+        ids = only if only is not None else await self.camera_ids()
+        async with self.r.pipeline(transaction=False) as p:
+            for cam in ids:
+                p.hgetall(self.keys.camera_state(cam))
+                p.xrevrange(self.keys.detections_stream(cam), count=1)
+            replies = await p.execute()
+        now = time.time()
+        out = []
+        for i, cam in enumerate(ids):
+            state, last = replies[2 * i], replies[2 * i + 1]
+            latest = detection_record(cam, *last[0]) if last else None
+            out.append(camera_view(cam, CameraStatus.from_fields(state), latest, now, stale_after_s))
+        return out
+
+    async def latest_detections(self, camera: str) -> DetectionRecord:
+        await self.require_camera(camera)
+        # A few entries back in case the newest one is malformed.
+        entries: Any = await self.r.xrevrange(self.keys.detections_stream(camera), count=10)
+        for entry_id, f in entries:
+            rec = detection_record(camera, entry_id, f)
+            if rec is not None:
+                return rec
+        raise NotFound(f"camera {camera!r} has no detection records yet")
+
+    async def detection_history(self, camera: str, start: float, end: float,
+                                limit: int) -> tuple[list[DetectionRecord], bool, int]:
+        """Records written in [start, end] (oldest first), whether more exist, how many were bad."""
+        await self.require_camera(camera)
+        entries: Any = await self.r.xrange(self.keys.detections_stream(camera), min=ms_id(start), max=ms_id(end),
+                                           count=limit + 1)
+        truncated = len(entries) > limit
+        records = [detection_record(camera, i, f) for i, f in entries[:limit]]
+        good = [x for x in records if x is not None]
+        return good, truncated, len(records) - len(good)
+
+    async def events(self, camera: str, start: float, end: float, limit: int,
+                     type_: str | None) -> tuple[list[Event], int]:
+        """Newest-first events of one camera in [start, end], and how many were malformed."""
+        await self.require_camera(camera)
+        entries: Any = await self.r.xrevrange(self.keys.events_stream(camera), max=ms_id(end), min=ms_id(start),
+                                              count=limit if type_ is None else limit * 10)
+        parsed = [event(camera, i, f) for i, f in entries]
+        good = [e for e in parsed if e is not None and (type_ is None or e.type == type_)]
+        return good[:limit], len(parsed) - sum(e is not None for e in parsed)
+
+    async def all_events(self, start: float, end: float, limit: int,
+                         type_: str | None) -> tuple[list[Event], int]:
+        """Newest-first events of every camera in [start, end]."""
+        merged: list[Event] = []
+        skipped = 0
+        for cam in await self.camera_ids():
+            evs, bad = await self.events(cam, start, end, limit, type_)
+            merged += evs
+            skipped += bad
+        merged.sort(key=lambda e: (e.ts, e.id), reverse=True)
+        return merged[:limit], skipped
+
+    async def counts(self, camera: str) -> CameraCounts:
+        await self.require_camera(camera)
+        return camera_counts(camera, AnalyticsCounts.from_fields(await self.r.hgetall(self.keys.counts(camera))))
+
+    async def snapshot(self, camera: str) -> bytes:
+        await self.require_camera(camera)
+        jpeg: Any = await self.r.get(self.keys.snapshot(camera))
+        if not jpeg:
+            raise NotFound(f"camera {camera!r} has sent no snapshot yet")
+        return jpeg

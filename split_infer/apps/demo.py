@@ -30,7 +30,9 @@ from typing import Any
 import yaml
 
 from split_infer.codec import DEFAULT_CODEC
-from split_infer.config import EdgeConfig, load_yaml
+from split_infer.config import ConfigError, EdgeConfig, load_config
+from split_infer.keys import Keys
+from split_infer.records import DetectionResult, RecordError
 
 VEHICLES = {"car", "truck", "bus", "motorcycle", "bicycle"}
 # x264 veryfast at CRF 22 agrees with the reference about as the default codec (CRF 28) does on the
@@ -147,7 +149,7 @@ def build_cameras(args: argparse.Namespace) -> tuple[list[dict], str]:
     if args.camera:
         return [{"id": f"cam{i}", "url": u, "fps": args.fps} for i, u in enumerate(args.camera)], "--camera options"
     if args.config:
-        cfg = load_yaml(args.config, EdgeConfig)
+        cfg = load_config(args.config, EdgeConfig)
         return [c.model_dump(mode="json") for c in cfg.cameras], f"cameras of {args.config}"
     from split_infer.apps.samples import demo_footage
 
@@ -183,8 +185,8 @@ def port_or_free(port: int) -> int:
 class Board:
     """Per-camera figures from the detection streams, read incrementally (XRANGE after the last id)."""
 
-    def __init__(self, r, cams: list[str]) -> None:
-        self.r, self.cams = r, cams
+    def __init__(self, r, keys: Keys, cams: list[str]) -> None:
+        self.r, self.keys, self.cams = r, keys, cams
         self.last = {c: "0-0" for c in cams}
         self.frames = {c: 0 for c in cams}
         self.vehicles_now: dict[str, int | None] = {c: None for c in cams}
@@ -195,14 +197,18 @@ class Board:
         now = time.time()
         for cam in self.cams:
             while True:
-                entries = self.r.xrange(f"si:detections:{cam}", f"({self.last[cam]}", "+", count=500)
+                entries = self.r.xrange(self.keys.detections_stream(cam), f"({self.last[cam]}", "+", count=500)
                 if not entries:
                     break
                 for eid, f in entries:
                     self.last[cam] = eid.decode()
-                    done = float(f[b"done_ts"])
-                    self.recent[cam].append((done, done - float(f[b"capture_ts"])))
-                    n = sum(1 for d in json.loads(f[b"detections"]) if d["class_name"] in VEHICLES)
+                    try:
+                        rec = DetectionResult.from_fields(f)
+                    except RecordError:
+                        continue  # not a worker's record: nothing to show
+                    done = rec.done_ts or now
+                    self.recent[cam].append((done, done - rec.capture_ts))
+                    n = sum(1 for d in rec.detections if d.class_name in VEHICLES)
                     self.vehicles_now[cam] = n
                     self.vehicles_max[cam] = max(self.vehicles_max[cam], n)
                     self.frames[cam] += 1
@@ -223,7 +229,8 @@ class Board:
                 "latency_ms": statistics.median(lat) * 1000 if lat else None,
                 "vehicles": None if now is None else f"{now} / {self.vehicles_max[cam]}",
                 "frames": self.frames[cam],
-                "dropped": e.get("dropped_buffer", 0) + e.get("dropped_superseded", 0) + e.get("capture", {}).get("skipped", 0),
+                "dropped": (e.get("dropped_buffer", 0) + e.get("dropped_superseded", 0)
+                            + e.get("capture", {}).get("skipped", 0)),
             })
         return rows
 
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         from rich.live import Live
 
         r = redis.Redis.from_url(redis_url)
+        keys = Keys.from_env()  # the children's: they inherit this environment
         ids = [c["id"] for c in cams]
         started = time.monotonic()
 
@@ -339,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             return f"split-infer demo: {time.monotonic() - started:.0f} s" + \
                 (f" of {args.duration:g}" if args.duration else "") + "  (Ctrl-C stops)"
 
-        board = Board(r, ids)
+        board = Board(r, keys, ids)
         live = Live(render(board.rows({}), title()), console=console, refresh_per_second=2,
                     transient=False) if not args.no_live and console.is_terminal else None
         if live:
@@ -369,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         # a signal the wait is shorter, and a second signal ends it.
         deadline = time.monotonic() + (20 if stop["signal"] is None else 10)
         while time.monotonic() < deadline and stop["count"] < 2:
-            done = sum(r.xlen(f"si:detections:{c}") for c in ids) + r.xlen("si:dropped") + r.xlen("si:deadletter")
+            done = sum(r.xlen(keys.detections_stream(c)) for c in ids) + r.xlen(keys.dropped) + r.xlen(keys.dead_letter)
             if done >= acked:
                 break
             time.sleep(0.3)
@@ -377,9 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = board.rows(es)
         elapsed = time.monotonic() - started
         console.print(render(rows, f"split-infer demo: final ({elapsed:.0f} s)"))
-        recorded = sum(int(r.xlen(f"si:detections:{c}")) for c in ids)
+        recorded = sum(int(r.xlen(keys.detections_stream(c))) for c in ids)
         summary.update({"cameras": len(ids), "seconds": round(elapsed, 1), "frames_acked": acked, "detection_records": recorded,
-                   "cloud_dropped": int(r.xlen("si:dropped")) + int(r.xlen("si:deadletter")),
+                   "cloud_dropped": int(r.xlen(keys.dropped)) + int(r.xlen(keys.dead_letter)),
                    "fps": round(recorded / elapsed, 2) if elapsed else 0.0,
                    "bytes_per_frame": round(sum(c.get("payload_bytes", 0) for c in es.get("cameras", {}).values())
                                             / max(1, acked)), "source": origin, "codec": args.codec})
@@ -394,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except DemoError as e:
         console.print(f"[red]split-infer demo: {e}[/]")
         return 1
+    except ConfigError as e:
+        console.print(f"[red]split-infer demo: {e}[/]")
+        return 2
     finally:
         children.stop_all()
         for s, h in old.items():
