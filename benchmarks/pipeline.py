@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from report import emit  # noqa: E402
-from split_infer.apps.demo import Children, DemoError, free_port, start_redis, wait_log  # noqa: E402
 from split_infer.apps.detect import SplitDetector  # noqa: E402
+from split_infer.apps.processes import Children, StartError, free_port, start_redis, wait_log  # noqa: E402
 from split_infer.keys import Keys  # noqa: E402
 from split_infer.model.export import ensure_edge_ir  # noqa: E402
 from split_infer.model.preprocess import parse_imgsz  # noqa: E402
@@ -144,9 +144,9 @@ def wait_until_done(children: Children, r: redis.Redis, keys: Keys, camera_ids: 
                 return
         bad = children.dead()
         if bad and not (bad == ["edge"] and children.procs["edge"].returncode == 0):
-            raise DemoError(f"{bad[0]} exited:\n{children.log_tail(bad[0])}")
+            raise StartError(f"{bad[0]} exited:\n{children.log_tail(bad[0])}")
         time.sleep(0.5)
-    raise DemoError("the pipeline did not finish within 30 minutes")
+    raise StartError("the pipeline did not finish within 30 minutes")
 
 
 def stage_samples(recs: list[DetectionResult]) -> dict[str, list[float]]:
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         pipe = pipeline(setup, args.redis_url, workdir)
-    except DemoError as e:
+    except StartError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
     finally:
