@@ -9,7 +9,7 @@ SI := $(VENV)/bin/split-infer
 INSTALLED := $(VENV)/.installed
 DEMO_ARGS ?= --duration 60
 
-.PHONY: setup system python weights demo test bench protos clean
+.PHONY: setup system python weights demo test test-fast lint bench protos clean
 
 setup: system python weights
 
@@ -36,6 +36,20 @@ demo: setup
 test: setup
 	@scripts/ensure-redis.sh
 	$(VENV)/bin/pytest -q
+
+# The inner loop (under a minute on 2 cores): in-process tests and those on the shared Redis,
+# without the end-to-end ones (markers in pyproject.toml). `make test` still runs everything.
+test-fast: setup
+	@scripts/ensure-redis.sh
+	$(VENV)/bin/pytest -q -m "(unit or redis) and not e2e"
+
+# Static checks (configured in pyproject.toml); CI runs them before the tests.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/codespell
+	$(VENV)/bin/bandit -c pyproject.toml -r split_infer -q
+	$(PY) scripts/import_cycles.py split_infer
 
 bench: setup
 	mkdir -p benchmarks/results

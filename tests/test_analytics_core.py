@@ -4,7 +4,9 @@ record parsing, and tracking through ByteTrack on synthetic detections."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -13,11 +15,15 @@ from hypothesis import strategies as st
 
 from split_infer.analytics.aggregates import Aggregates
 from split_infer.analytics.camera import CameraAnalytics
+from split_infer.analytics.frames import Detection, DetectionFrame, parse_record
 from split_infer.analytics.geometry import polygon_distance, side_distance
 from split_infer.analytics.lines import LineCounter
-from split_infer.analytics.records import Detection, DetectionFrame, RecordError, parse_record
+from split_infer.analytics.service import load_checkpoint
 from split_infer.analytics.zones import Zone
 from split_infer.config import CameraConfig, LineConfig, ZoneConfig
+from split_infer.records import RecordError
+
+pytestmark = pytest.mark.unit
 
 VERTICAL = LineConfig(name="v", a=(100, 0), b=(100, 200), margin=8)  # drawn downwards: in = moving right
 
@@ -177,7 +183,7 @@ def test_tracking_keeps_ids_and_counts_two_cars_in_opposite_directions():
     a = next(e.track_id for e in crossings if e.direction == "in")
     b = next(e.track_id for e in crossings if e.direction == "out")
     assert ("zone_enter", a) in zone and ("zone_enter", b) in zone and ("zone_exit", b) in zone
-    counts = ca.counts_fields()
+    counts = ca.counts().to_fields()
     assert counts["line:v:in:car"] == "1" and counts["line:v:out:car"] == "1"
     assert counts["zone:right:occupancy:car"] == "1" and counts["zone:right:entries:car"] == "2"
     assert counts["per_minute:car"] == "2" and counts["per_minute_basis"] == "crossings"
@@ -195,7 +201,7 @@ def test_lost_track_leaves_zone_with_reason_lost_and_state_pickles():
     exits = [e for e in events if e.type == "zone_exit"]
     assert len(exits) == 1 and exits[0].reason == "lost" and exits[0].class_name == "person"
     assert exits[0].dwell_s == pytest.approx(0.8, abs=0.11)  # seen from frame 1 (confirmed) to 9
-    assert ca.counts_fields()["zone:all:occupancy:person"] == "0"
+    assert ca.counts().to_fields()["zone:all:occupancy:person"] == "0"
 
 
 @settings(max_examples=300, deadline=None)
@@ -207,9 +213,9 @@ def test_counted_crossings_are_the_passages_from_one_far_side_to_the_other(xs, m
     lc = LineCounter.from_config(LineConfig(name="v", a=(100, 0), b=(100, 200), margin=margin))
     got = [d for d in (lc.update(1, "car", (x, 100)) for x in xs) if d]
     far = [1 if x - 100 > margin else -1 for x in xs if abs(x - 100) > margin]
-    expected = ["in" if b > 0 else "out" for a, b in zip(far, far[1:]) if a != b]
+    expected = ["in" if b > 0 else "out" for a, b in pairwise(far) if a != b]
     assert got == expected
-    assert all(a != b for a, b in zip(got, got[1:]))
+    assert all(a != b for a, b in pairwise(got))
 
 
 def test_a_queue_that_stops_reads_as_jammed_and_parked_cars_do_not():
@@ -229,11 +235,6 @@ def test_a_queue_that_stops_reads_as_jammed_and_parked_cars_do_not():
 
 
 def test_checkpoint_round_trips_and_a_hostile_one_runs_nothing(tmp_path):
-    import os
-    import pickle
-
-    from split_infer.analytics.service import load_checkpoint
-
     cam = CameraAnalytics(CameraConfig(id="c", url="x", lines=[{"name": "l", "a": (50, 0), "b": (50, 100)}]))
     for seq in range(30):  # a car driving right across the line
         x = 5.0 + 3 * seq

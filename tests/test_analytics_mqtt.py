@@ -4,9 +4,7 @@ started from the mosquitto binary when none runs there), Frigate topic layout.""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -14,13 +12,14 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from cloud_support import drop_prefix, free_port, fresh_prefix, shared_redis
-from split_infer import keys
 from split_infer.analytics.mqtt import MqttError, MqttPublisher
 from split_infer.analytics.service import AnalyticsService, Settings
+from split_infer.apps.processes import free_port
 from split_infer.config import CameraConfig, CloudConfig
-from test_analytics_service import feed
-from test_analytics_video import LINE, street_records
+from support.analytics import LINE, feed, street_records
+from support.processes import Services, require_binary
+from support.wait import wait_for
+
 
 @pytest.fixture(scope="module")
 def broker():
@@ -29,23 +28,20 @@ def broker():
         if s.connect_ex(("127.0.0.1", 1883)) == 0:
             yield ("127.0.0.1", 1883)
             return
-    exe = shutil.which("mosquitto")
-    if exe is None:
-        pytest.fail("no MQTT broker at 127.0.0.1:1883 and no mosquitto binary (apt-get install -y mosquitto)")
+    exe = require_binary("mosquitto", "no MQTT broker at 127.0.0.1:1883 either; apt-get install -y mosquitto")
     port = free_port()
-    proc = subprocess.Popen([exe, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    services = Services()
+    services.spawn("mosquitto", [exe, "-p", str(port)])
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"private mosquitto on port {port} did not start")
+        wait_for(lambda: _accepts(port), 5, f"the private mosquitto on port {port}")
         yield ("127.0.0.1", port)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        services.stop_all()
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def subscriber(broker: tuple[str, int], topic: str) -> tuple[mqtt.Client, list[tuple[str, str]]]:
@@ -64,21 +60,26 @@ def subscriber(broker: tuple[str, int], topic: str) -> tuple[mqtt.Client, list[t
     return c, got
 
 
-def test_events_and_counts_reach_mosquitto(broker):
-    r = shared_redis()
-    prefix = fresh_prefix()
+@pytest.mark.redis
+@pytest.mark.e2e
+def test_events_and_counts_reach_mosquitto(broker, r, keys):
     topic_prefix = f"test-{uuid.uuid4().hex[:8]}"
     sub, got = subscriber(broker, f"{topic_prefix}/#")
     pub = MqttPublisher(*broker, prefix=topic_prefix)
     try:
         zone = {"name": f"lane{uuid.uuid4().hex[:4]}", "polygon": [(0, 150), (640, 150), (640, 235), (0, 235)]}
         cfg = CloudConfig(cameras=[CameraConfig(id="street", url="x", lines=[LINE], zones=[zone])])
-        svc = AnalyticsService(r, cfg, Settings(consumer="m", reorder_wait_s=0.1, block_ms=20, discover=False), mqtt=pub)
-        feed(r, street_records()[:320])
+        svc = AnalyticsService(r, cfg, Settings(consumer="m", reorder_wait_s=0.1, block_ms=20, discover=False),
+                               mqtt=pub, keys=keys)
+        feed(r, keys, street_records()[:320])
         end = time.monotonic() + 60
-        while time.monotonic() < end and r.hget(keys.counts_key("street"), "seq") != b"319":
+        while time.monotonic() < end and r.hget(keys.counts("street"), "seq") != b"319":
             svc.step()
-        time.sleep(1.0)  # let QoS 1 deliveries land
+        # A marker after everything the service published, on the same connection: once it has
+        # arrived, so has everything before it (the broker keeps one client's messages in order).
+        marker = (f"{topic_prefix}/test-marker", "end")
+        pub.client.publish(*marker, qos=1)
+        wait_for(lambda: marker in got, 10, "the QoS 1 deliveries to land")
         events = [json.loads(p) for t, p in got if t == f"{topic_prefix}/events"]
         crossings = sorted((e["seq"], e["direction"]) for e in events if e["type"] == "line_cross")
         assert crossings == [(42, "out"), (121, "in"), (139, "out"), (250, "out"), (291, "out")]
@@ -91,16 +92,16 @@ def test_events_and_counts_reach_mosquitto(broker):
         assert any(e["type"] == "zone_enter" and e["zone"] == zone["name"] for e in events)
     finally:
         pub.close()
-        time.sleep(0.3)
+        wait_for(lambda: (f"{topic_prefix}/available", "offline") in got, 5, "the broker to pass on 'offline'")
         # Clear what was retained, so the shared broker keeps nothing of this test.
         for t in {t for t, _ in got if "/lines/" in t or t.endswith("/available")}:
             sub.publish(t, b"", qos=1, retain=True).wait_for_publish(5)
         sub.loop_stop()
         sub.disconnect()
-        drop_prefix(r, prefix)
     assert (f"{topic_prefix}/available", "offline") in got  # said on close
 
 
+@pytest.mark.unit
 def test_unreachable_broker_is_a_clear_error():
     with pytest.raises(MqttError, match="cannot reach the MQTT broker at 127.0.0.1:1"):
         MqttPublisher("127.0.0.1", 1)

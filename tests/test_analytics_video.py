@@ -36,35 +36,21 @@ Every automatic crossing must also match a hand-counted vehicle (same direction,
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from split_infer.analytics.camera import CameraAnalytics
-from split_infer.analytics.records import parse_record
+from split_infer.analytics.frames import parse_record
 from split_infer.config import CameraConfig
+from support.analytics import HAND, LINE, street_records
+from support.data import street_video
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests/fixtures/street_detections.json"
-VIDEO = ROOT.parent / "shared/data/street-640x360.mp4"
-HAND = [(42, "out"), (120, "in"), (138, "out"), (250, "out"), (290, "out"), (445, "in"), (535, "in"), (621, "in")]
-LINE = {"name": "road", "a": (330, 60), "b": (330, 250)}
-
-
-def street_records() -> list[dict]:
-    if not VIDEO.exists():
-        pytest.fail(f"the test footage {VIDEO} is missing (see shared/data/SOURCES.md)")
-    if not FIXTURE.exists():
-        pytest.fail(f"{FIXTURE} is missing: run tests/fixtures/make_street_detections.py")
-    data = json.loads(FIXTURE.read_text())
-    assert data["meta"]["video"] == VIDEO.name and data["meta"]["frames"] == 734
-    return [{**f, "detections": json.dumps(f["detections"])} for f in data["frames"]]
+pytestmark = pytest.mark.unit
 
 
 def run(records: list[dict]):
-    ca = CameraAnalytics(CameraConfig(id="street", url=str(VIDEO), lines=[LINE]))
+    ca = CameraAnalytics(CameraConfig(id="street", url=str(street_video()), lines=[LINE]))
     events = []
     for rec in records:
         events += ca.process(parse_record(rec))
@@ -87,7 +73,7 @@ def test_line_counts_match_the_hand_count():
         assert match is not None, f"crossing at frame {e.seq} ({e.direction}) matches no hand-counted vehicle"
         unmatched.remove(match)
     assert len({e.track_id for e in crossings}) == len(crossings)  # one count per track
-    counts = ca.counts_fields()
+    counts = ca.counts().to_fields()
     assert sum(int(v) for k, v in counts.items() if k.startswith("line:road:")) == len(crossings)
 
 
@@ -103,7 +89,7 @@ def test_light_traffic_with_parked_cars_is_not_congestion():
     """About ten cars are parked along both kerbs the whole time and at most two vehicles drive
     by at once: parked vehicles (never a box height from where they were first seen) are left out,
     so the street reads `empty` or `free` throughout, never `moderate` or worse."""
-    ca = CameraAnalytics(CameraConfig(id="street", url=str(VIDEO), lines=[LINE]))
+    ca = CameraAnalytics(CameraConfig(id="street", url=str(street_video()), lines=[LINE]))
     levels = set()
     for rec in street_records():
         ca.process(parse_record(rec))

@@ -4,28 +4,20 @@ read back through `split-infer api` running as its own process (uvicorn), as a d
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 
 import httpx
 import pytest
 
-from api_feeder import Feeder, thumbnail, video_frames
-from api_support import api_server, free_port, isolated_prefix, redis_client
-from split_infer import keys
+from split_infer.api.app import main
+from split_infer.keys import Keys
+from support.api import api_server
+from support.feeder import Feeder, thumbnail, video_frames
+from support.redisdb import RedisServer, connect, isolated_prefix
+from support.wait import wait_for
 
-
-@pytest.fixture
-def r():
-    return redis_client()
-
-
-@pytest.fixture
-def prefix(r):
-    with isolated_prefix(r) as p:
-        yield p
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 
 @pytest.fixture
@@ -45,8 +37,8 @@ def record(cam: str, seq: int, capture: float, done: float, dets: list[dict]) ->
 CAR = {"class_id": 2, "class_name": "car", "score": 0.9, "box": [10.0, 20.0, 110.0, 80.0]}
 
 
-def test_cameras_show_state_and_a_dead_camera(r, api):
-    feeder = Feeder(r, n_cameras=3, dead=("cam-3",))
+def test_cameras_show_state_and_a_dead_camera(r, keys, api):
+    feeder = Feeder(r, keys, n_cameras=3, dead=("cam-3",))
     for _ in range(5):
         feeder.step()
     body = api.get("/api/cameras").json()
@@ -63,21 +55,22 @@ def test_cameras_show_state_and_a_dead_camera(r, api):
     assert one["id"] == "cam-1" and one["online"] is True
 
 
-def test_a_camera_whose_frames_stop_goes_offline_even_if_flagged_online(r, prefix):
+def test_a_camera_whose_frames_stop_goes_offline_even_if_flagged_online(r, keys, prefix):
     # The ingest died without writing "offline": the API still sees the frames stop.
     with api_server(prefix, stale_after_s=1.0) as base:
-        r.sadd(keys.CAMERAS_SET, "cam-x")
+        r.sadd(keys.cameras, "cam-x")
         r.hset(keys.camera_state("cam-x"), mapping={"online": 1, "fps": 10.0, "bytes_per_s": 1.5e5,
                                                      "last_seen_ts": repr(time.time())})
         assert httpx.get(base + "/api/cameras/cam-x").json()["online"] is True
-        time.sleep(1.5)
+        wait_for(lambda: httpx.get(base + "/api/cameras/cam-x").json()["online"] is False, 10,
+                 "the API to see the frames stop")
         state = httpx.get(base + "/api/cameras/cam-x").json()
         assert state["online"] is False and state["fps"] == 0 and state["age_s"] > 1
 
 
-def test_latest_and_history_by_time_range(r, api):
+def test_latest_and_history_by_time_range(r, keys, api):
     cam = "cam-1"
-    r.sadd(keys.CAMERAS_SET, cam)
+    r.sadd(keys.cameras, cam)
     base_ms = int(time.time() * 1000) - 60_000
     # Ten records written one second apart (explicit stream ids = write times).
     for i in range(10):
@@ -95,8 +88,8 @@ def test_latest_and_history_by_time_range(r, api):
     assert [x["seq"] for x in api.get(f"/api/cameras/{cam}/detections").json()["records"]][-1] == 9
 
 
-def test_clear_errors_for_unknown_cameras_and_bad_ranges(r, api):
-    r.sadd(keys.CAMERAS_SET, "cam-1")
+def test_clear_errors_for_unknown_cameras_and_bad_ranges(r, keys, api):
+    r.sadd(keys.cameras, "cam-1")
     resp = api.get("/api/cameras/nope/detections/latest")
     assert resp.status_code == 404 and "unknown camera 'nope'" in resp.json()["detail"]
     for path in ("/api/cameras/nope", "/api/cameras/nope/counts", "/api/cameras/nope/events",
@@ -115,9 +108,9 @@ def test_clear_errors_for_unknown_cameras_and_bad_ranges(r, api):
     assert api.get("/api/cameras/bad id!").status_code == 422
 
 
-def test_a_malformed_record_is_skipped_and_counted_not_a_500(r, api):
+def test_a_malformed_record_is_skipped_and_counted_not_a_500(r, keys, api):
     cam = "cam-1"
-    r.sadd(keys.CAMERAS_SET, cam)
+    r.sadd(keys.cameras, cam)
     now = time.time()
     r.xadd(keys.detections_stream(cam), record(cam, 1, now - 0.2, now - 0.1, [CAR]))
     r.xadd(keys.detections_stream(cam), {**record(cam, 2, now, now, []), "detections": "{not json"})
@@ -129,7 +122,7 @@ def test_a_malformed_record_is_skipped_and_counted_not_a_500(r, api):
     ev = api.get(f"/api/cameras/{cam}/events").json()
     assert ev == {"events": [], "skipped": 1}
     # A counts hash with unreadable values and unknown fields: those are left out, the rest shown.
-    r.hset(keys.counts_key(cam), mapping={"line:road:in:car": "3", "line:road:out:car": "many",
+    r.hset(keys.counts(cam), mapping={"line:road:in:car": "3", "line:road:out:car": "many",
                                           "per_minute_history": "{broken", "future:field": "1",
                                           "congestion": "heavy"})
     counts = api.get(f"/api/cameras/{cam}/counts").json()
@@ -137,21 +130,21 @@ def test_a_malformed_record_is_skipped_and_counted_not_a_500(r, api):
     assert counts["per_minute_history"] == [] and counts["congestion"] == "heavy"
 
 
-def test_a_foreign_key_under_our_prefix_is_a_clear_error(r, api):
-    r.sadd(keys.CAMERAS_SET, "cam-1")
-    r.set(keys.counts_key("cam-1"), "not a hash")  # some other program wrote here
+def test_a_foreign_key_under_our_prefix_is_a_clear_error(r, keys, api):
+    r.sadd(keys.cameras, "cam-1")
+    r.set(keys.counts("cam-1"), "not a hash")  # some other program wrote here
     resp = api.get("/api/cameras/cam-1/counts")
     assert resp.status_code == 500 and resp.json()["detail"].startswith("Redis error: WRONGTYPE")
     assert api.get("/api/cameras/cam-1").status_code == 200  # the rest still answers
 
 
-def test_counts_and_events_match_what_analytics_wrote(r, api):
-    feeder = Feeder(r, n_cameras=2, dead=())
+def test_counts_and_events_match_what_analytics_wrote(r, keys, api):
+    feeder = Feeder(r, keys, n_cameras=2, dead=())
     t0 = time.time() - 30
     for i in range(300):  # 30 s of traffic replayed
         feeder.step(now=t0 + i * 0.1)
     for cam in feeder.cams:
-        expected = cam.analytics.counts_fields()
+        expected = cam.analytics.counts().to_fields()
         got = api.get(f"/api/cameras/{cam.id}/counts").json()
         (line,) = got["lines"]
         assert line["name"] == "road"
@@ -181,10 +174,10 @@ def test_counts_and_events_match_what_analytics_wrote(r, api):
     assert len(api.get("/api/events", params={"limit": 3}).json()["events"]) == 3
 
 
-def test_snapshot_is_the_latest_jpeg(r, api):
-    r.sadd(keys.CAMERAS_SET, "cam-1")
+def test_snapshot_is_the_latest_jpeg(r, keys, api):
+    r.sadd(keys.cameras, "cam-1")
     jpeg = thumbnail(video_frames(1)[0])
-    r.set(keys.snapshot_key("cam-1"), jpeg)
+    r.set(keys.snapshot("cam-1"), jpeg)
     resp = api.get("/api/cameras/cam-1/snapshot.jpg")
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
     assert resp.content == jpeg and resp.headers["cache-control"] == "no-store"
@@ -216,15 +209,15 @@ class SSE:
         raise AssertionError(f"live feed did not deliver in {timeout} s; got {[e for e, _ in events]}")
 
 
-def test_live_feed_streams_new_detections_events_state_and_counts(r, api):
-    feeder = Feeder(r, n_cameras=2, dead=())
+def test_live_feed_streams_new_detections_events_state_and_counts(r, keys, api):
+    feeder = Feeder(r, keys, n_cameras=2, dead=())
     feeder.step()
     stop = threading.Event()
 
     def feed():
         while not stop.is_set():
             feeder.step()
-            time.sleep(0.1)
+            time.sleep(0.1)  # deliberate: cameras at 10 fps
 
     with api.stream("GET", "/api/live", timeout=httpx.Timeout(10, read=5)) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
@@ -253,8 +246,8 @@ def test_live_feed_streams_new_detections_events_state_and_counts(r, api):
     assert [c["id"] for c in next(d for e, d in got if e == "state")] == ["cam-2"]
 
 
-def test_healthz_metrics_and_dashboard(r, api):
-    feeder = Feeder(r, n_cameras=2, dead=("cam-2",))
+def test_healthz_metrics_and_dashboard(r, keys, api):
+    feeder = Feeder(r, keys, n_cameras=2, dead=("cam-2",))
     feeder.step()
     r.xadd(keys.frames_stream("cam-1"), {"seq": 1})  # one frame waiting for a worker
     assert api.get("/healthz").json() == {"status": "ok", "redis": "ok", "detail": None}
@@ -271,28 +264,18 @@ def test_healthz_metrics_and_dashboard(r, api):
 
 def test_redis_down_answers_503_and_recovers(tmp_path):
     """Our own redis-server, stopped and started under a running API: 503 with the reason, then back."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is required for this test (apt-get install -y redis-server)"
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-
-    def start_redis() -> subprocess.Popen:
-        p = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-        redis_client_ready(url)
-        return p
-
-    proc = start_redis()
+    server = RedisServer(tmp_path, appendonly=False)
+    server.start()
+    url = server.url
     try:
-        with isolated_prefix(redis_client(url)) as prefix, api_server(prefix, redis_url=url) as base, \
+        with isolated_prefix(connect(url)) as prefix, api_server(prefix, redis_url=url) as base, \
                 httpx.Client(base_url=base, timeout=10) as api:
-            Feeder(redis_client(url), n_cameras=1, dead=()).step()
+            Feeder(connect(url), Keys(prefix), n_cameras=1, dead=()).step()
             assert api.get("/api/cameras").status_code == 200
             with api.stream("GET", "/api/live", timeout=httpx.Timeout(15, read=10)) as resp:
                 live = SSE(resp)
                 live.until(lambda ev: any(e == "state" for e, _ in ev), timeout=10)
-                proc.terminate()
-                proc.wait(10)
+                server.stop()
                 resp = api.get("/api/cameras")
                 assert resp.status_code == 503 and "Redis unreachable" in resp.json()["detail"]
                 assert resp.headers["retry-after"] == "1"
@@ -304,35 +287,18 @@ def test_redis_down_answers_503_and_recovers(tmp_path):
                 assert 'redis_up{service="api"} 0.0' in api.get("/metrics").text
                 # The open feed says so, and resumes by itself once Redis is back.
                 live.until(lambda ev: any(e == "error" for e, _ in ev), timeout=10)
-                proc = start_redis()
-                Feeder(redis_client(url), n_cameras=1, dead=()).step()
+                server.start()
+                Feeder(connect(url), Keys(prefix), n_cameras=1, dead=()).step()
                 got = live.until(lambda ev: any(e == "state" for e, _ in ev), timeout=10)
                 assert next(d for e, d in got if e == "state")[0]["id"] == "cam-1"
             assert api.get("/api/cameras").status_code == 200
             assert api.get("/healthz").json()["redis"] == "ok"
             assert api.get("/api/cameras/cam-1/detections/latest").json()["seq"] == 1
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def redis_client_ready(url: str, timeout: float = 10) -> None:
-    import redis
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            return
-        except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+        server.stop()
 
 
 def test_command_line_errors_are_clear(capsys):
-    from split_infer.api.app import main
-
     for argv, message in ((["--listen", "nohost"], "--listen must be host:port"),
                           (["--redis-url", "bogus://x"], "--redis-url 'bogus://x'"),
                           (["--stale-after", "0"], "--stale-after must be > 0")):

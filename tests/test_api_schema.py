@@ -7,25 +7,30 @@ checked against the schema: status codes, content types, bodies; no 5xx.
 from __future__ import annotations
 
 import time
+import uuid
 
 import hypothesis
 import pytest
 import schemathesis
 
-from api_feeder import Feeder
-from api_support import REDIS_URL, isolated_prefix, redis_client
 from split_infer.api.app import create_app
+from split_infer.keys import Keys
+from support.feeder import Feeder
+from support.redisdb import REDIS_URL, connect, isolated_prefix
 
-# The app reads every Redis key through split_infer.keys at call time, so the fixture's prefix applies.
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(REDIS_URL))
+pytestmark = pytest.mark.redis
+
+# The schema is read from the app when the module loads; the app's keys are the ones `populated` fills.
+KEYS = Keys(f"test-schema-{uuid.uuid4().hex[:10]}")
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(REDIS_URL, keys=KEYS))
 SETTINGS = dict(deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
 
 
 @pytest.fixture(scope="module")
 def populated():
-    r = redis_client()
-    with isolated_prefix(r) as prefix:
-        feeder = Feeder(r, n_cameras=3, dead=("cam-3",))
+    r = connect()
+    with isolated_prefix(r, KEYS.prefix) as prefix:
+        feeder = Feeder(r, KEYS, n_cameras=3, dead=("cam-3",))
         t0 = time.time() - 8
         for i in range(80):  # 8 s of traffic: detections, crossings, zone events, counts, snapshots
             feeder.step(now=t0 + i * 0.1)
@@ -57,6 +62,7 @@ def test_api_conforms_to_its_schema(case, populated):
     case.call_and_validate()
 
 
+@pytest.mark.e2e
 @schema.include(path="/api/live").parametrize()
 @hypothesis.settings(max_examples=5, **SETTINGS)
 def test_live_feed_conforms_to_its_schema(case, populated):

@@ -40,7 +40,7 @@ def view(fs: list[QueuedFrameView], closing: bool = False) -> QueueView:
 
 
 def trace_of(spec: list[tuple[str, float, float]], name: str = "t") -> T.Trace:
-    cams, cap, arr = zip(*spec)
+    cams, cap, arr = zip(*spec, strict=True)
     return T.Trace(name, list(cams), list(cap), list(arr))
 
 
@@ -235,7 +235,8 @@ def test_one_busy_camera_does_not_starve_the_others_in_replay():
     quiet = T.poisson(3.5, duration_s=60, cameras=7, seed=6)  # 0.5 fps per camera
     busy = T.poisson(20.0, duration_s=60, cameras=1, seed=7)  # one camera floods a 100 ms/frame head
     tr = T.Trace("busy", np.concatenate([quiet.camera, np.full(len(busy), "busy")]),
-                 np.concatenate([quiet.capture_ts, busy.capture_ts]), np.concatenate([quiet.arrival_ts, busy.arrival_ts]))
+                 np.concatenate([quiet.capture_ts, busy.capture_ts]),
+                 np.concatenate([quiet.arrival_ts, busy.arrival_ts]))
     # 300 ms: a quiet frame meets it even behind a busy-camera batch already running (<= 60 ms
     # transit + <= 100 ms residual + 100 ms own) - if it is served next
     r = simulate(tr, make_policy("adaptive", slo_ms=300, cost=CPU.copy()), CPU.ms, 300)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
 from bdrate import bd_rate, bytes_at, lower_hull
 from evaluation import FrameMatches, eligible_classes, pooled_agreement
+
+pytestmark = pytest.mark.unit
 
 CURVE = [(1000.0, 0.70), (2000.0, 0.85), (4000.0, 0.93), (8000.0, 0.97), (16000.0, 0.99)]
 
@@ -23,7 +27,7 @@ def test_hull_drops_dominated_and_non_convex_settings() -> None:
     noisy = CURVE + [(9000.0, 0.95), (3000.0, 0.80), (5000.0, 0.96)]  # (9000, .95) is beaten by (8000, .97)
     hull = lower_hull(noisy)
     assert (9000.0, 0.95) not in hull and hull == sorted(hull, key=lambda p: p[1])
-    assert all(b1 < b2 for (b1, _), (b2, _) in zip(hull, hull[1:]))
+    assert all(b1 < b2 for (b1, _), (b2, _) in pairwise(hull))
     # the hull is at or below every setting's log bytes, at that setting's quality
     for b, q in noisy:
         at = bytes_at(hull, q)

@@ -8,6 +8,8 @@ import pytest
 from split_infer.codec import CodecError, make_decoder, make_encoder
 from split_infer.codec.basis import SHIPPED_DIR, Basis, from_features
 
+pytestmark = pytest.mark.unit
+
 C, H, W = 16, 8, 12
 
 
@@ -68,7 +70,7 @@ def test_video_stream_with_a_basis_decodes_where_the_cloud_has_the_file(tmp_path
     enc = make_encoder("video", basis=str(path), crf=0, key_interval=3)
     payloads = [enc.encode({"x4": f[None]}) for f in x]
     dec = make_decoder(learned_dir=str(tmp_path))
-    for f, p in zip(x, payloads):
+    for f, p in zip(x, payloads, strict=True):
         y = dec.decode(p)["x4"]
         assert y.shape == (1, C, H, W)
         assert np.abs(y - f[None]).mean() < 0.05 * np.abs(f).mean()
@@ -87,7 +89,9 @@ def test_the_shipped_basis_fits_yolov5s_cut_4() -> None:
         assert {"video", "sha256", "frames"} <= set(b.meta["trained_on"]) and b.meta["command"]
 
 
+@pytest.mark.e2e
 def test_consumer_metric_of_yolov5s_cut_4_matches_its_convolutions() -> None:
+    # torch, a heavy dependency, is imported by these: only this test of the module needs them
     from split_infer.codec.calibrate import consumer_metric
     from split_infer.model.loading import load_model
     from split_infer.model.partition import partition

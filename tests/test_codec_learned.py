@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from split_infer.codec import CodecError, make_decoder, make_encoder
+from split_infer.codec.cli import main
 from split_infer.codec.learned import LearnedModel, conv
 from split_infer.codec.train import build, save
 from split_infer.codec.wire import unpack
+from support.data import street_video
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +47,8 @@ def test_numpy_conv_matches_torch() -> None:
 
 
 def test_numpy_runtime_matches_the_trained_network(model_file: Path) -> None:
-    from split_infer.codec.train import build as _build
-
     m = LearnedModel.load(model_file)
-    net = _build(6, hidden=16, dec_hidden=24, cin=32)
+    net = build(6, hidden=16, dec_hidden=24, cin=32)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in m.weights.items()})
     x = feats()
     with torch.no_grad():
@@ -117,13 +119,11 @@ def test_adaptive_learned_encoder_meets_a_budget(model_file: Path) -> None:
     assert rep["codec"] == "learned" and rep["level"] > 0 and rep["estimated_bps"] <= budget
 
 
+@pytest.mark.e2e
 def test_cli_trains_and_fine_tunes_on_real_footage(tmp_path: Path, capsys) -> None:
     """`split-infer codec train` end to end on the real clip (a few steps: this checks the
     workflow, not the quality), then a per-camera fine-tune from it, then `codec info`."""
-    from split_infer.codec.cli import main
-
-    video = Path(__file__).resolve().parents[1].parent / "shared/data/street-640x360.mp4"
-    assert video.is_file(), f"real test footage missing: {video} (see ../shared/data/SOURCES.md)"
+    video = street_video()
     base, tuned = tmp_path / "base.npz", tmp_path / "cam.npz"
     assert main(["train", "--video", str(video), "--frames", "0:8", "--every", "4", "--pretrain-steps", "2",
                  "--steps", "1", "--batch", "2", "--threads", "1", "--out", str(base)]) == 0

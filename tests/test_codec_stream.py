@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from split_infer.codec import CodecError, make_decoder, make_encoder
+from split_infer.codec import CodecError, codecs, make_decoder, make_encoder
 from split_infer.codec.wire import unpack
+
+pytestmark = pytest.mark.unit
 
 SHAPE = (1, 8, 12, 20)
 
@@ -68,7 +70,8 @@ def test_lost_frame_raises_then_key_frame_recovers() -> None:
     enc, dec = make_encoder("temporal", key_interval=100), make_decoder()
     assert dec.needs_key_frame  # fresh decoder: nothing to predict from
     payloads = encode_all(enc, clip(6))
-    dec.decode(payloads[0]); dec.decode(payloads[1])
+    dec.decode(payloads[0])
+    dec.decode(payloads[1])
     assert not dec.needs_key_frame
     with pytest.raises(CodecError, match="lost"):
         dec.decode(payloads[3])  # payloads[2] was lost
@@ -85,7 +88,8 @@ def test_reordered_and_repeated_frames_raise() -> None:
     enc = make_encoder("temporal", key_interval=100)
     p = encode_all(enc, clip(4))
     dec = make_decoder()
-    dec.decode(p[0]); dec.decode(p[1])
+    dec.decode(p[0])
+    dec.decode(p[1])
     with pytest.raises(CodecError, match="reordered or repeated"):
         dec.decode(p[1])
     dec = make_decoder()
@@ -109,7 +113,8 @@ def test_corrupt_delta_invalidates_the_reference() -> None:
     enc, dec = make_encoder("temporal", key_interval=100), make_decoder()
     p = encode_all(enc, clip(4))
     dec.decode(p[0])
-    bad = bytearray(p[1]); bad[40] ^= 0xFF
+    bad = bytearray(p[1])
+    bad[40] ^= 0xFF
     with pytest.raises(CodecError):
         dec.decode(bytes(bad))
     with pytest.raises(CodecError):
@@ -140,7 +145,7 @@ def test_decoder_output_is_exact_or_an_error(ops, deadzone, bits) -> None:
     truth_dec = make_decoder()
     truth = [truth_dec.decode(p)["x4"] for p in sent]
     delivered = []  # (index, payload) as the network hands them over
-    for i, (op, p) in enumerate(zip(ops, sent)):
+    for i, (op, p) in enumerate(zip(ops, sent, strict=True)):
         if op == "drop":
             continue
         if op == "corrupt":
@@ -185,8 +190,6 @@ def test_adaptive_encoder_stays_within_budget_and_reports() -> None:
 
 def test_adaptive_ladder_rung_is_not_the_zstd_level(monkeypatch) -> None:
     # the ladder rung once lived in `level`, which the base encoder also passed to zstd
-    import split_infer.codec.codecs as codecs
-
     levels, real_pack = [], codecs.pack
     monkeypatch.setattr(codecs, "pack", lambda frame, level=3: levels.append(level) or real_pack(frame, level))
     enc = make_encoder("temporal", budget_bps=1e6)

@@ -14,6 +14,8 @@ from split_infer.codec import CodecError, make_decoder, make_encoder
 from split_infer.codec.video import Mosaic
 from split_infer.codec.wire import Q_VIDEO, unpack
 
+pytestmark = pytest.mark.unit
+
 SHAPE = (1, 12, 16, 24)
 
 
@@ -51,10 +53,10 @@ def test_lossy_setting_spends_fewer_bytes_and_delta_frames_are_small() -> None:
     for crf in (10, 35):
         enc, dec = make_encoder("video", crf=crf, key_interval=10), make_decoder()
         outs = [enc.encode_frame({"x4": x}) for x in frames]
-        errs = [np.abs(dec.decode(o.payload)["x4"] - x).mean() for o, x in zip(outs, frames)]
+        errs = [np.abs(dec.decode(o.payload)["x4"] - x).mean() for o, x in zip(outs, frames, strict=True)]
         sizes[crf] = [len(o.payload) for o in outs]
         assert max(errs) < 0.5  # the maps span about +-3
-        assert np.mean([s for o, s in zip(outs, sizes[crf]) if not o.key]) < 0.5 * sizes[crf][0]
+        assert np.mean([s for o, s in zip(outs, sizes[crf], strict=True) if not o.key]) < 0.5 * sizes[crf][0]
     assert sum(sizes[35]) < 0.7 * sum(sizes[10])
 
 

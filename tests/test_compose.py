@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from split_infer.config import CloudConfig, EdgeConfig, load_yaml
+from split_infer.config import CloudConfig, EdgeConfig, load_config
+from support.data import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.unit
 
 
 def compose_bin() -> Path:
@@ -45,10 +46,11 @@ def test_compose_file_is_valid_and_wires_the_services():
     edge_mounts = {Path(v["source"]).name: v["target"] for v in svc["edge"]["volumes"] if v["type"] == "bind"}
     assert edge_mounts["edge.example.yaml"] == "/etc/split-infer/edge.yaml"
     # Every file the compose file builds from or mounts exists, and the configs parse.
-    for rel in ("deploy/cloud/Dockerfile", "deploy/edge/Dockerfile", "deploy/cloud/cloud.example.yaml", "deploy/edge/edge.example.yaml"):
+    for rel in ("deploy/cloud/Dockerfile", "deploy/edge/Dockerfile", "deploy/cloud/cloud.example.yaml",
+                "deploy/edge/edge.example.yaml"):
         assert (ROOT / rel).is_file(), f"{rel} is referenced by docker-compose.yml but missing"
-    cloud = load_yaml(ROOT / "deploy/cloud/cloud.example.yaml", CloudConfig)
-    edge = load_yaml(ROOT / "deploy/edge/edge.example.yaml", EdgeConfig)
+    cloud = load_config(ROOT / "deploy/cloud/cloud.example.yaml", CloudConfig)
+    edge = load_config(ROOT / "deploy/edge/edge.example.yaml", EdgeConfig)
     assert edge.cloud.split(":")[0] == "ingest"  # the edge reaches the ingest by its service name
     assert not cloud.tokens or edge.token in cloud.tokens
 

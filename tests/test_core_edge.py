@@ -6,15 +6,23 @@ import json
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from core_support import ROOT, bus_jpg, yolov5s_ready
+from split_infer.cloud.head import Head
+from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
+from split_infer.codec.basis import Basis, resolve
+from split_infer.codec.learned import LearnedModel
+from split_infer.codec.train import build, save
 from split_infer.edge.extractor import EdgeExtractor, ExtractorError, check_device
 from split_infer.model.export import export_edge
 from split_infer.model.loading import load_model
 from split_infer.model.partition import partition
+from support.data import ROOT, bus_jpg, yolov5s_ready
+
+pytestmark = pytest.mark.unit
 
 IMGSZ = (320, 192)
 # bf16 (this CPU's default) keeps 8 bits of mantissa: documented tolerance on the crossing tensor,
@@ -34,6 +42,7 @@ def _reference(x):
         return edge(torch.from_numpy(x))["x4"].numpy()
 
 
+@pytest.mark.e2e
 def test_export_writes_ir_and_metadata(ir_dir):
     meta = json.loads((ir_dir / "edge.json").read_text())
     assert meta["model"] == "yolov5s" and meta["cut"] == 4 and meta["imgsz"] == [320, 192]
@@ -42,6 +51,7 @@ def test_export_writes_ir_and_metadata(ir_dir):
     assert (ir_dir / "edge.xml").exists() and (ir_dir / "edge.bin").exists()
 
 
+@pytest.mark.e2e
 def test_openvino_f32_matches_pytorch(ir_dir):
     x = np.random.default_rng(0).random((2, 3, 192, 320), dtype=np.float32)
     ref = _reference(x)
@@ -50,6 +60,7 @@ def test_openvino_f32_matches_pytorch(ir_dir):
     assert np.abs(out - ref).max() <= 1e-3 * np.abs(ref).max()
 
 
+@pytest.mark.e2e
 def test_openvino_default_precision_within_documented_tolerance(ir_dir):
     x = np.random.default_rng(0).random((1, 3, 192, 320), dtype=np.float32)
     ref = _reference(x)
@@ -78,6 +89,7 @@ def test_edge_runtime_imports_neither_torch_nor_ultralytics():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.e2e
 def test_detect_cli_writes_json_lines(tmp_path):
     out = tmp_path / "dets.jsonl"
     result = subprocess.run([sys.executable, "-m", "split_infer", "detect", str(bus_jpg()), "--imgsz", "640x640",
@@ -91,17 +103,15 @@ def test_detect_cli_writes_json_lines(tmp_path):
     assert summary["frames"] == 1 and 0 < summary["bytes_per_frame"] < summary["raw_float32_bytes_per_frame"]
 
 
+@pytest.mark.e2e
 def test_detect_cli_on_a_missing_source_fails_clearly(tmp_path):
     result = subprocess.run([sys.executable, "-m", "split_infer", "detect", str(tmp_path / "nope.mp4")],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "cannot open video or stream" in result.stderr
 
 
+@pytest.mark.e2e
 def test_head_detects_from_openvino_features_and_honours_its_thread_setting(ir_dir):
-    import cv2
-
-    from split_infer.cloud.head import Head
-
     extractor = EdgeExtractor(ir_dir, "CPU")
     x, lb = extractor.preprocess(cv2.imread(str(bus_jpg())))
     head = Head("yolov5s", 4, IMGSZ, runtime="openvino", threads=1)
@@ -111,13 +121,8 @@ def test_head_detects_from_openvino_features_and_honours_its_thread_setting(ir_d
     assert all(0 <= d["box"][0] <= d["box"][2] <= lb.src_w for d in dets)
 
 
+@pytest.mark.e2e
 def test_learned_codec_encoder_runs_inside_the_edge_ir(tmp_path):
-    import cv2
-
-    from split_infer.codec import make_decoder, make_encoder
-    from split_infer.codec.learned import LearnedModel
-    from split_infer.codec.train import build, save
-
     torch.manual_seed(0)
     net = build(channels=6, hidden=16, dec_hidden=24, cin=128)  # an untrained bottleneck: the plumbing is tested
     codec = tmp_path / "models" / "street.npz"
@@ -141,12 +146,8 @@ def test_learned_codec_encoder_runs_inside_the_edge_ir(tmp_path):
     assert np.abs(in_ir["x4"] - in_numpy["x4"]).mean() <= 1e-2 * np.abs(in_numpy["x4"]).mean()
 
 
+@pytest.mark.e2e
 def test_video_codec_basis_runs_inside_the_edge_ir(tmp_path):
-    import cv2
-
-    from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
-    from split_infer.codec.basis import Basis, resolve
-
     shipped = resolve(DEFAULT_CODEC.split(":", 1)[1])
     basis = Basis.load(shipped)
     ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=shipped)

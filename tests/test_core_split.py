@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from core_support import shared_file, yolov5s_ready
 from split_infer.model.loading import load_model
 from split_infer.model.partition import crossing, cut_table, first_tensor, partition
 from split_infer.model.postprocess import nms_boxes, non_max_suppression
 from split_infer.model.preprocess import Letterbox, letterbox, parse_imgsz
+from support.data import shared_file, yolov5s_ready
+
+pytestmark = pytest.mark.unit
 
 
 def _models():
@@ -25,6 +27,7 @@ def models():
     return _models()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["yolov5s", "yolov5n", "yolov8n-random"])
 def test_cloud_of_edge_equals_unsplit_at_every_cut(models, name):
     model = models[name]

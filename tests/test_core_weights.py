@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from core_support import bus_jpg, shared_file, yolov5s_ready
 from split_infer.model import weights
 from split_infer.model.loading import load_model
 from split_infer.model.postprocess import non_max_suppression, to_records
 from split_infer.model.preprocess import letterbox
+from support.data import bus_jpg, shared_file, yolov5s_ready
+
+pytestmark = pytest.mark.unit
 
 
 def detect_bus(model) -> list[dict]:
@@ -101,7 +103,7 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_ultralytics_pt_file_loads_through_ultralytics(tmp_path):
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel  # optional heavy dependency: only this test needs it
 
     torch.manual_seed(0)
     net = DetectionModel("yolov8n.yaml", verbose=False).eval()

@@ -12,10 +12,6 @@ Two runs, each with `split-infer api` as its own process over real Redis:
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,8 +19,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from api_feeder import Feeder
-from api_support import REDIS_URL, ROOT, api_server, free_port, isolated_prefix, redis_client
+from split_infer.apps.processes import free_port
+from split_infer.keys import Keys
+from support.api import api_server
+from support.data import ROOT
+from support.feeder import Feeder
+from support.processes import Services
+from support.redisdb import REDIS_URL, connect, isolated_prefix
+from support.wait import wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -36,11 +40,13 @@ SCREENSHOT = ROOT / "artifacts" / "dashboard.png"
 COUNT_BOX_PIXELS = """(tile) => {
   const c = tile.querySelector('canvas.frame');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  const colors = [[0x4a,0xa3,0xff],[0xff,0x6b,0x6b],[0xff,0xd9,0x3d],[0xc7,0x7d,0xff],[0x2e,0xcc,0x71],[0xff,0x9f,0x43]];
+  const colors = [[0x4a,0xa3,0xff],[0xff,0x6b,0x6b],[0xff,0xd9,0x3d],
+                  [0xc7,0x7d,0xff],[0x2e,0xcc,0x71],[0xff,0x9f,0x43]];
   let n = 0, lit = 0;
   for (let i = 0; i < d.length; i += 4) {
     if (d[i] + d[i+1] + d[i+2] > 60) lit++;
-    for (const [r,g,b] of colors) if (Math.abs(d[i]-r) < 6 && Math.abs(d[i+1]-g) < 6 && Math.abs(d[i+2]-b) < 6) { n++; break; }
+    for (const [r,g,b] of colors)
+      if (Math.abs(d[i]-r) < 6 && Math.abs(d[i+1]-g) < 6 && Math.abs(d[i+2]-b) < 6) { n++; break; }
   }
   return {box: n, lit: lit / (d.length / 4)};
 }"""
@@ -79,9 +85,9 @@ def check_clean(page) -> None:
 
 
 def test_dashboard_live_in_chromium():
-    r = redis_client()
+    r = connect()
     with isolated_prefix(r) as prefix:
-        feeder = Feeder(r, n_cameras=8, dead=("cam-8",))
+        feeder = Feeder(r, Keys(prefix), n_cameras=8, dead=("cam-8",))
         t0 = time.time() - 6
         for i in range(60):  # 6 s of history, so counts and charts have something at load time
             feeder.step(now=t0 + i * 0.1)
@@ -90,7 +96,7 @@ def test_dashboard_live_in_chromium():
         def feed():
             while not stop.is_set():
                 feeder.step()
-                time.sleep(0.1)
+                time.sleep(0.1)  # deliberate: cameras at 10 fps
 
         thread = threading.Thread(target=feed, daemon=True)
         thread.start()
@@ -148,41 +154,29 @@ PIPELINE_SCREENSHOT = ROOT / "artifacts" / "dashboard-pipeline.png"
 FEEDS = 4  # of the demo's sample footage (640x272): enough tiles, and room on two CPU cores
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # the demo stops its children on SIGTERM
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def test_dashboard_on_the_real_pipeline(tmp_path):
     # `split-infer demo` as a user runs it: edge node, ingest, worker, analytics (a counting line
     # through the middle of each feed) and the API serving the dashboard, all its own processes.
-    r = redis_client()
+    r = connect()
     with isolated_prefix(r) as prefix:
-        env = {**os.environ, "SPLIT_INFER_PREFIX": prefix, "OMP_NUM_THREADS": "1"}
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        log_path = tmp_path / "demo.log"
-        log = open(log_path, "w")
-        proc = subprocess.Popen([sys.executable, "-m", "split_infer", "demo", "--redis-url", REDIS_URL,
-                                 "--feeds", str(FEEDS), "--no-live", "--api-port", str(port),
-                                 "--workdir", str(tmp_path / "demo")],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        services = Services(tmp_path)
+        proc = services.start("demo", "demo", "--redis-url", REDIS_URL, "--feeds", str(FEEDS), "--no-live",
+                              "--api-port", str(port), "--workdir", str(tmp_path / "demo"),
+                              env={"SPLIT_INFER_PREFIX": prefix})
 
         def alive() -> None:
             if proc.poll() is not None:
-                pytest.fail(f"the demo exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"the demo exited with {proc.returncode}:\n{services.log_tail('demo', 3000)}")
+
+        def dashboard_up() -> bool:
+            alive()
+            return f"dashboard: {base}/" in services.log("demo")
 
         try:
             deadline = time.monotonic() + 240  # the demo loads the model and warms up first
-            while f"dashboard: {base}/" not in log_path.read_text():
-                alive()
-                assert time.monotonic() < deadline, f"the demo printed no dashboard URL in 240 s:\n{log_path.read_text()}"
-                time.sleep(0.5)
+            wait_for(dashboard_up, 240, "the demo to print its dashboard URL", every=0.5)
             with playwright() as p:
                 browser, page = open_page(p, base)
                 while page.locator(".tile[data-state=online]").count() < FEEDS:
@@ -209,5 +203,4 @@ def test_dashboard_on_the_real_pipeline(tmp_path):
                 check_clean(page)
                 browser.close()
         finally:
-            stop(proc)
-            log.close()
+            services.terminate("demo", timeout=30)  # SIGTERM: the demo stops its children

@@ -7,14 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from media import street_video
+import pytest
 
 from split_infer.codec import DEFAULT_CODEC
+from support.data import ROOT, street_video
+from support.processes import Services
+from support.wait import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.unit, pytest.mark.e2e]
 
 
 def leftovers(marker: str) -> list[str]:
@@ -33,13 +35,11 @@ def leftovers(marker: str) -> list[str]:
     return found
 
 
-def demo(workdir: Path, *extra: str) -> subprocess.Popen:
+def demo(services: Services, workdir: Path, *extra: str) -> subprocess.Popen:
+    """`split-infer demo` on two feeds of the street video; its output is `services.log("demo")`."""
     video = str(street_video())
-    return subprocess.Popen(
-        [sys.executable, "-m", "split_infer", "demo", "--camera", video, "--camera", video, "--workdir", str(workdir),
-         "--no-live", "--fps", "5", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    return services.start("demo", "demo", "--camera", video, "--camera", video, "--workdir", str(workdir),
+                          "--no-live", "--fps", "5", *extra)
 
 
 def summary_of(output: str) -> dict:
@@ -49,12 +49,13 @@ def summary_of(output: str) -> dict:
 
 def test_bounded_demo_run_accounts_for_every_frame_and_leaves_nothing(tmp_path):
     work = tmp_path / "demo-bounded"
-    p = demo(work, "--frames", "20")
+    services = Services(tmp_path)
+    p = demo(services, work, "--frames", "20")
     try:
-        out, _ = p.communicate(timeout=400)
+        services.wait_exit("demo", 400)
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+        services.kill_all()
+    out = services.log("demo")
     assert p.returncode == 0, out[-4000:]
     s = summary_of(out)
     assert s["frames_acked"] == 20 and s["detection_records"] + s["cloud_dropped"] == 20, s
@@ -66,47 +67,49 @@ def test_bounded_demo_run_accounts_for_every_frame_and_leaves_nothing(tmp_path):
 
 def test_sigterm_stops_the_demo_cleanly(tmp_path):
     work = tmp_path / "demo-sigterm"
-    p = demo(work)
+    services = Services(tmp_path)
+    p = demo(services, work)
+
+    def delivering() -> bool:
+        assert p.poll() is None, services.log("demo")[-4000:]
+        try:
+            stats = json.loads((work / "edge-stats.json").read_text())
+            return sum(c["acked"] for c in stats["cameras"].values()) >= 5
+        except (OSError, ValueError, KeyError):
+            return False
+
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                stats = json.loads((work / "edge-stats.json").read_text())
-                if sum(c["acked"] for c in stats["cameras"].values()) >= 5:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            assert p.poll() is None, p.stdout.read()[-4000:]
-            time.sleep(0.5)
-        else:
-            raise AssertionError("the demo delivered no frames within 300 s")
+        wait_for(delivering, 300, "the demo to deliver frames", every=0.5)
         assert leftovers(str(work)), "the services should be running now"
         p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=120)
+        services.wait_exit("demo", 120)
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+        services.kill_all()
+    out = services.log("demo")
     assert p.returncode == 0, out[-4000:]
     assert summary_of(out)["detection_records"] > 0
-    time.sleep(0.5)
+    wait_for(lambda: not leftovers(str(work)), 5, "the demo's services to be gone")
     assert not leftovers(str(work)), leftovers(str(work))
 
 
 def test_sigterm_during_start_up_stops_at_once(tmp_path):
     work = tmp_path / "demo-early"
-    p = demo(work)
+    services = Services(tmp_path)
+    p = demo(services, work)
+
+    def starting() -> bool:  # the demo has begun starting its services
+        assert p.poll() is None, "the demo did not start its services"
+        return (work / "worker.log").exists()
+
     try:
-        deadline = time.monotonic() + 120
-        while not (work / "worker.log").exists():  # the services are starting
-            assert time.monotonic() < deadline and p.poll() is None, "the demo did not start its services"
-            time.sleep(0.2)
+        wait_for(starting, 120, "the demo to start its services", every=0.2)
         p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=40)
+        services.wait_exit("demo", 40)
     finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+        services.kill_all()
+    out = services.log("demo")
     assert p.returncode == 130 and "interrupted during start-up" in out, out[-3000:]
-    time.sleep(0.5)
+    wait_for(lambda: not leftovers(str(work)), 5, "the demo's services to be gone")
     assert not leftovers(str(work)), leftovers(str(work))
 
 

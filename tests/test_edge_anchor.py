@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from media import street_video
 from split_infer.edge.anchor import X264Anchor
 from split_infer.model.export import video_frames
 from split_infer.model.preprocess import Letterbox, content
+from support.data import street_video
+
+pytestmark = pytest.mark.unit
 
 
 def test_content_is_the_letterbox_without_its_padding() -> None:

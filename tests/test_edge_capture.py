@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -67,7 +68,7 @@ def test_slow_consumer_gets_fresh_frames_and_skips_are_counted():
             ages.append(time.time() - f.capture_ts)
         s = cap.snapshot()
         assert s["skipped"] >= 6, s  # ~3 frames arrive per take; all but the newest are skipped
-        assert all(b - a >= 2 for a, b in zip(indices, indices[1:])), indices
+        assert all(b - a >= 2 for a, b in pairwise(indices)), indices
         assert max(ages) < 0.25, f"a taken frame was {max(ages):.3f} s old: latency built up"
         assert s["frames_read"] == s["frames_taken"] + s["skipped"] + (1 if cap.slot.peek() else 0)
     finally:

@@ -7,6 +7,8 @@ import pytest
 
 from evaluation import agreement_map50, average_precision, f1_score, iou_matrix
 
+pytestmark = pytest.mark.unit
+
 
 def d(*rows) -> np.ndarray:
     return np.array(rows, np.float32).reshape(-1, 6)
@@ -41,7 +43,8 @@ def test_wrong_class_or_poor_overlap_do_not_match() -> None:
 
 
 def test_helpers() -> None:
-    assert iou_matrix(np.array([[0, 0, 10, 10]], float), np.array([[5, 0, 15, 10]], float))[0, 0] == pytest.approx(1 / 3)
+    iou = iou_matrix(np.array([[0, 0, 10, 10]], float), np.array([[5, 0, 15, 10]], float))
+    assert iou[0, 0] == pytest.approx(1 / 3)
     assert average_precision(np.array([1.0]), np.array([1.0])) == 1.0
     with pytest.raises(ValueError):
         agreement_map50(REF, REF[:1])

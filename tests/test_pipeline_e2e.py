@@ -15,8 +15,12 @@ import sys
 import cv2
 import pytest
 
-from media import HttpFeed, clip
-from pipeline_support import IMGSZ, Pipeline, duplicates, wait_for
+from split_infer.apps.detect import SplitDetector
+from support.media import HttpFeed, clip
+from support.pipeline import IMGSZ, Pipeline, duplicates
+from support.wait import wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 FRAMES = 24  # per file camera: a few dozen keeps the suite fast on 2 cores
 
@@ -89,7 +93,8 @@ def test_eight_cameras_every_frame_accounted_for_and_equal_to_in_process(eight_c
     assert not duplicates(ids), f"frames with two outcomes: {duplicates(ids)[:5]}"
     for cam, c in stats["cameras"].items():
         n = sum(1 for o in outcomes if o["camera"] == cam)
-        assert n == c["extracted"] == c["acked"] + c["rejected"] + c["dropped_buffer"] + c["dropped_superseded"], (cam, c)
+        accounted = c["acked"] + c["rejected"] + c["dropped_buffer"] + c["dropped_superseded"]
+        assert n == c["extracted"] == accounted, (cam, c)
     assert all(o["outcome"] == "acked" for o in outcomes), [o for o in outcomes if o["outcome"] != "acked"][:5]
     assert stats["undelivered"] == 0
     for i in range(7):  # lossless file replay: every frame of every file camera, in order
@@ -111,8 +116,6 @@ def test_eight_cameras_every_frame_accounted_for_and_equal_to_in_process(eight_c
     assert workers == {"w1", "w2"}, f"both workers should share the load, got {workers}"
 
     # Same detections as the in-process split (edge OpenVINO -> q8-zstd -> head) on the same frames.
-    from split_infer.apps.detect import SplitDetector
-
     det = SplitDetector("yolov5s", 4, IMGSZ, codec="q8-zstd", head_runtime="openvino")
     cap = cv2.VideoCapture(str(video))
     reference = []
@@ -152,6 +155,6 @@ def test_unknown_token_is_refused_and_nothing_is_queued(tmp_path):
         c = s["cameras"]["c0"]
         assert c["acked"] == 0 and "UNAUTHENTICATED" in (s["last_connection_error"] or "")
         assert c["extracted"] == s["undelivered"] + c["dropped_buffer"]  # kept or counted, never silent
-        assert pipe.r.xlen("si:frames:c0") == 0
+        assert pipe.r.xlen(pipe.keys.frames_stream("c0")) == 0
     finally:
         pipe.stop()

@@ -7,12 +7,17 @@ resends; the camera reconnects on its own; nothing is lost without being counted
 from __future__ import annotations
 
 import signal
-import time
-
 import urllib.request
 
-from media import HttpFeed, free_port, street_video
-from pipeline_support import Pipeline, duplicates, wait_for
+import pytest
+
+from split_infer.apps.processes import free_port
+from support.data import street_video
+from support.media import HttpFeed
+from support.pipeline import Pipeline, duplicates
+from support.wait import wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 
 
 def acked(pipe: Pipeline, cam: str) -> int:
@@ -40,7 +45,9 @@ def test_ingest_restart_and_camera_outage_recover_on_their_own(tmp_path):
         wait_for(lambda: not pipe.edge_stats().get("connected", True), 30, "the edge to notice the ingest is gone")
         wait_for(lambda: pipe.edge_stats()["cameras"]["http0"]["capture"]["state"] == "reconnecting", 30,
                  "the camera to notice its URL is gone")
-        time.sleep(3)  # frames pile up in the bounded buffer; the oldest are dropped and counted
+        # Frames pile up in the bounded buffer; the oldest are dropped and counted.
+        wait_for(lambda: pipe.edge_stats()["cameras"]["live0"]["dropped_buffer"] > 0, 30,
+                 "the edge's buffer to overflow")
         before = {c: acked(pipe, c) for c in ("live0", "http0")}
 
         pipe.start_ingest()  # same port

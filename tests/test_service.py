@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from split_infer.apps.processes import free_port
 from split_infer.service import EXIT_USAGE, service_main
 from support.data import ROOT
-from support.ports import free_port
 from support.processes import Services
 from support.redisdb import REDIS_URL
 from support.wait import wait_for

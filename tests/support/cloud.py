@@ -1,104 +1,35 @@
-"""Helpers for the cloud tests: the shared Redis (namespaced per test), a private redis-server
-that a test may stop and restart, an in-process ingest on a loopback port, and real frames.
-
-A missing Redis or redis-server binary is a test failure with a clear message, never a skip.
-"""
+"""Helpers for the cloud tests: an in-process ingest on a loopback port, and frames as an edge
+node sends them (random features, or the real edge part of yolov5n on the street footage)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import uuid
-from pathlib import Path
 
+import cv2
 import numpy as np
-import pytest
-import redis
 
-from split_infer import keys
+from split_infer.cloud.ingest import serve
 from split_infer.codec import make_encoder
 from split_infer.config import CloudConfig
+from split_infer.keys import Keys
+from split_infer.model.loading import load_model
+from split_infer.model.preprocess import letterbox
 from split_infer.proto import pb
+from support.data import shared_file, street_video
 
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
 SHAPES = {"x4": (1, 16, 12, 20)}  # a small feature layout for ingest tests
-
-
-def shared_redis() -> redis.Redis:
-    r = redis.Redis.from_url(SHARED_REDIS)
-    try:
-        r.ping()
-    except redis.exceptions.RedisError as e:
-        pytest.fail(f"Redis is not reachable at {SHARED_REDIS} ({e}); the cloud tests need a real Redis 7")
-    return r
-
-
-def fresh_prefix() -> str:
-    p = f"test-{uuid.uuid4().hex[:10]}"
-    keys.set_prefix(p)
-    return p
-
-
-def drop_prefix(r: redis.Redis, prefix: str) -> None:
-    for k in r.scan_iter(match=f"{prefix}:*", count=1000):
-        r.delete(k)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server (append-only, so a restart keeps its data) on a free port."""
-
-    def __init__(self, tmp: Path, appendonly: bool = True) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server binary not found (apt-get install -y redis-server)")
-        self.exe, self.dir, self.port, self.appendonly = exe, tmp, free_port(), appendonly
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        r = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                r.ping()
-                return
-            except redis.exceptions.RedisError:
-                time.sleep(0.05)
-        pytest.fail(f"private redis-server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
 
 
 class IngestThread:
     """The real grpc.aio ingest server, on its own event loop in a thread, on a loopback port."""
 
-    def __init__(self, cfg: CloudConfig) -> None:
-        from split_infer.cloud.ingest import serve
-
+    def __init__(self, cfg: CloudConfig, keys: Keys) -> None:
         self.cfg = cfg.model_copy(update={"listen": "127.0.0.1:0"})
+        self.keys = keys
         self.loop = asyncio.new_event_loop()
         self.bound: list[int] = []
-        self._serve = serve
         self._ready = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -109,7 +40,7 @@ class IngestThread:
         ready = asyncio.Event()
 
         async def main() -> None:
-            task = asyncio.create_task(self._serve(self.cfg, self.stop_ev, ready, self.bound))
+            task = asyncio.create_task(serve(self.cfg, self.stop_ev, ready, self.bound, self.keys))
             await ready.wait()
             self._ready.set()
             await task
@@ -124,7 +55,7 @@ class IngestThread:
     def address(self) -> str:
         return f"127.0.0.1:{self.bound[0]}"
 
-    def __enter__(self) -> "IngestThread":
+    def __enter__(self) -> IngestThread:
         self.thread.start()
         assert self._ready.wait(20), "ingest did not start"
         if self.error:
@@ -150,30 +81,18 @@ def frame(camera: str, seq: int, session: str = "s1", payload: bytes | None = No
                            sent_ts=time.time(), payload=payload, width=640, height=360, **kw)
 
 
-def shared_data() -> Path:
-    d = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    for f in ("street-640x360.mp4", "yolov5n.pt"):
-        if not (d / f).exists():
-            pytest.fail(f"test data missing: {d / f} (the shared data folder beside the project)")
-    return d
-
-
 REAL_IMGSZ = (320, 192)
 
 
 def real_features(n: int, imgsz: tuple[int, int] = REAL_IMGSZ, cut: int = 4) -> list[tuple[bytes, int, int]]:
     """(q8-zstd payload, width, height) of the first n frames of the street video, from the core's
     edge part of yolov5n (torch), as an edge node would send them."""
-    import cv2
-    import torch
+    import torch  # optional heavy dependency, as is the partition (torch): only these tests pay for it
 
-    from split_infer.model.loading import load_model
     from split_infer.model.partition import partition
-    from split_infer.model.preprocess import letterbox
 
-    d = shared_data()
-    edge, _ = partition(load_model(str(d / "yolov5n.pt")), cut)
-    cap = cv2.VideoCapture(str(d / "street-640x360.mp4"))
+    edge, _ = partition(load_model(str(shared_file("yolov5n.pt"))), cut)
+    cap = cv2.VideoCapture(str(street_video()))
     enc, out = make_encoder("q8-zstd", cut=cut), []
     with torch.no_grad():
         while len(out) < n:

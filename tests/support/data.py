@@ -1,4 +1,8 @@
-"""Helpers for the core tests: the real weights, the real images, and a clear failure when missing."""
+"""Paths the tests use: the project root, and the shared footage and weights beside the project.
+
+The shared data folder is `../shared/data` relative to the repository (the only place that says
+so in the tests). Missing data is a test failure with a clear message, never a skip.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,28 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from split_infer.model import weights
+
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 
 
 def shared_file(name: str) -> Path:
+    """A file of the shared data folder; fails the test when it is missing."""
     path = DATA / name
     if not path.exists():
-        pytest.fail(f"test data missing: {path} (the shared data folder beside the project)")
+        pytest.fail(f"test data missing: {path} (the shared data folder beside the project; see SOURCES.md there)")
     return path
 
 
+def street_video() -> Path:
+    """The street footage (640x360, 734 frames, ~10 fps) most edge, cloud and analytics tests use."""
+    return shared_file("street-640x360.mp4")
+
+
 def bus_jpg() -> Path:
-    import ultralytics
+    """The bus image that the ultralytics wheel ships (its published detection figures are known)."""
+    import ultralytics  # optional heavy dependency: only the tests that need the image pay for it
 
     path = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
     if not path.exists():
@@ -28,6 +41,4 @@ def bus_jpg() -> Path:
 
 def yolov5s_ready() -> None:
     """The converted YOLOv5s must be in the cache (`make setup` pulls it); fetch it if not."""
-    from split_infer.model import weights
-
     weights.pull("yolov5s")

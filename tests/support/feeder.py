@@ -14,19 +14,17 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 import redis
 
-from split_infer import keys
 from split_infer.analytics.camera import CameraAnalytics
-from split_infer.analytics.records import parse_record
+from split_infer.analytics.frames import parse_record
 from split_infer.config import CameraConfig, LineConfig, ZoneConfig
+from split_infer.keys import Keys
+from support.data import street_video
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VIDEO = DATA / "street-640x360.mp4"
 W, H = 640, 360
 SIZES = {"person": (18, 42), "bicycle": (26, 32), "motorcycle": (28, 32), "bus": (130, 85), "truck": (105, 72),
          "car": (64, 42)}
@@ -35,16 +33,15 @@ CLASSES = ("car", "car", "car", "car", "person", "truck", "bus", "motorcycle", "
 
 def video_frames(n: int, step: int = 61) -> list[np.ndarray]:
     """n frames spread over the street video (fails clearly when the video is missing)."""
-    if not VIDEO.exists():
-        raise FileNotFoundError(f"test video missing: {VIDEO} (the shared data folder must hold it)")
-    cap = cv2.VideoCapture(str(VIDEO))
+    video = street_video()
+    cap = cv2.VideoCapture(str(video))
     frames: list[np.ndarray] = []
     i = 0
     while len(frames) < n:
         ok, f = cap.read()
         if not ok:
             if i == 0:
-                raise RuntimeError(f"cannot decode {VIDEO}")
+                raise RuntimeError(f"cannot decode {video}")
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             continue
         if i % step == 0:
@@ -96,9 +93,9 @@ def camera_config(cam_id: str) -> CameraConfig:
 class Feeder:
     """One `step()` = one frame per live camera: state, detections, analytics, and a snapshot now and then."""
 
-    def __init__(self, r: redis.Redis, n_cameras: int = 8, dead: tuple[str, ...] = ("cam-8",), seed: int = 0,
-                 snapshot_every_s: float = 2.0):
-        self.r = r
+    def __init__(self, r: redis.Redis, keys: Keys, n_cameras: int = 8, dead: tuple[str, ...] = ("cam-8",),
+                 seed: int = 0, snapshot_every_s: float = 2.0):
+        self.r, self.keys = r, keys
         self.snapshot_every_s = snapshot_every_s
         frames = video_frames(n_cameras)
         self.cams = [FakeCamera(f"cam-{i + 1}", frames[i], random.Random(seed + i),
@@ -107,10 +104,10 @@ class Feeder:
         self.last_snapshot = 0.0
         now = time.time()
         for cam in self.cams:
-            r.sadd(keys.CAMERAS_SET, cam.id)
+            r.sadd(self.keys.cameras, cam.id)
             if cam.id in self.dead:  # known, with an old snapshot; its ingest marked it offline 5 min ago
-                r.set(keys.snapshot_key(cam.id), thumbnail(cam.frame), ex=3600)
-                r.hset(keys.camera_state(cam.id), mapping={
+                r.set(self.keys.snapshot(cam.id), thumbnail(cam.frame), ex=3600)
+                r.hset(self.keys.camera_state(cam.id), mapping={
                     "online": 0, "fps": 0.0, "bytes_per_s": 0.0, "last_frame_ts": repr(now - 300.2),
                     "last_seen_ts": repr(now - 300), "last_seq": 1234, "session": "s0", "frames": 1235,
                     "bytes": 1235 * 16000, "rejected": 0, "dropped_edge": 3, "peer": ""})
@@ -147,22 +144,22 @@ class Feeder:
                   "ingest_ts": repr(capture + 0.03), "done_ts": repr(now), "width": W, "height": H,
                   "detections": json.dumps(dets, separators=(",", ":")), "batch": 4, "head_ms": 21.0,
                   "worker": "feeder", "timings": "{}"}
-        p.xadd(keys.detections_stream(cam.id), record)
+        p.xadd(self.keys.detections_stream(cam.id), record)
         # As the analytics service writes it: its events, and the counts hash rewritten whole.
         for ev in cam.analytics.process(parse_record(record)):
-            p.xadd(keys.events_stream(cam.id), ev.to_fields())
-        p.delete(keys.counts_key(cam.id))
-        p.hset(keys.counts_key(cam.id), mapping=cam.analytics.counts_fields())
+            p.xadd(self.keys.events_stream(cam.id), ev.to_fields())
+        p.delete(self.keys.counts(cam.id))
+        p.hset(self.keys.counts(cam.id), mapping=cam.analytics.counts().to_fields())
         # As the ingest writes it.
         size = 15000 + cam.rng.randrange(3000)
         cam.frames += 1
         cam.bytes += size
-        p.hset(keys.camera_state(cam.id), mapping={
+        p.hset(self.keys.camera_state(cam.id), mapping={
             "online": 1, "fps": round(9.5 + cam.rng.random(), 3), "bytes_per_s": round(size * 10.0, 1),
             "last_frame_ts": repr(capture), "last_seen_ts": repr(now), "last_seq": cam.seq, "session": "s1",
             "frames": cam.frames, "bytes": cam.bytes, "rejected": 0, "dropped_edge": 0, "peer": "ipv4:127.0.0.1:5000"})
         if snap:
-            p.set(keys.snapshot_key(cam.id), thumbnail(cam.frame), ex=3600)
+            p.set(self.keys.snapshot(cam.id), thumbnail(cam.frame), ex=3600)
 
     def _move(self, cam: FakeCamera) -> None:
         """New objects enter from either side now and then; every object drives straight across."""

@@ -1,40 +1,25 @@
-"""Real video for the edge and pipeline tests: the shared footage, short clips, a loopback HTTP feed.
+"""Real video for the edge and pipeline tests: short clips of the shared footage, a loopback HTTP feed.
 
-Missing data or a missing ffmpeg binary is a test failure with a clear message, never a skip.
+A missing ffmpeg binary is a test failure with a clear message, never a skip.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
+import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-STREET = DATA / "street-640x360.mp4"
-
-
-def street_video() -> Path:
-    if not STREET.exists():
-        pytest.fail(f"test footage missing: {STREET} (the shared data folder beside the project)")
-    return STREET
+from split_infer.apps.processes import free_port
+from support.data import street_video
+from support.processes import Services, require_binary
+from support.wait import wait_for
 
 
 def ffmpeg_bin() -> str:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        pytest.fail("ffmpeg is not installed (apt-get install -y ffmpeg); the camera tests need it")
-    return exe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return require_binary("ffmpeg", "apt-get install -y ffmpeg")
 
 
 def clip(tmp: Path, frames: int, name: str = "clip.mp4") -> Path:
@@ -56,7 +41,7 @@ class HttpFeed:
 
     def __init__(self, video: Path, port: int | None = None, realtime: bool = True, loop: bool = False):
         self.video, self.port, self.realtime, self.loop = video, port or free_port(), realtime, loop
-        self.proc: subprocess.Popen | None = None
+        self.services = Services()
 
     @property
     def url(self) -> str:
@@ -69,22 +54,25 @@ class HttpFeed:
         if self.loop:
             cmd += ["-stream_loop", "-1"]
         cmd += ["-i", str(self.video), "-c", "copy", "-f", "mpegts", "-listen", "1", self.url]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30  # generous: ffmpeg starts slowly on a loaded 2-core machine
-        while time.monotonic() < deadline:  # wait for ffmpeg to listen (probing the socket would
-            time.sleep(0.1)  # consume its single client, so read the kernel's socket tables instead)
-            if self.proc.poll() is not None:
-                pytest.fail(f"ffmpeg HTTP feed exited with {self.proc.returncode}")
-            if _serving(self.proc.pid, self.port):
-                return self
-        pytest.fail(f"ffmpeg HTTP feed did not listen on port {self.port}")
+        proc = self.services.spawn("ffmpeg", cmd)
+        # Probing the socket would consume ffmpeg's single client: read the kernel's socket tables.
+        # Generous timeout: ffmpeg starts slowly on a loaded 2-core machine.
+        wait_for(lambda: self._exited(proc) or _serving(proc.pid, self.port), 30,
+                 f"the ffmpeg HTTP feed to listen on port {self.port}")
         return self
 
+    def _exited(self, proc: subprocess.Popen) -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"ffmpeg HTTP feed exited with {proc.returncode}:\n{self.services.log_tail('ffmpeg')}")
+        return False
+
+    def freeze(self) -> None:
+        """The server hangs (SIGSTOP) with its client's connection open: a silent stream."""
+        self.services.signal("ffmpeg", signal.SIGSTOP)
+
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
+        """The feed dies at once, as a camera's stream server would crash."""
+        self.services.kill("ffmpeg")
 
 
 def _serving(pid: int, port: int) -> bool:

@@ -8,57 +8,34 @@ its own (flushed before and after), so tests of other modules are untouched.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-import redis
 import yaml
 
-from media import free_port
+from split_infer.apps.processes import free_port
+from split_infer.keys import Keys
+from split_infer.model.export import ensure_edge_ir
+from support.processes import Services
+from support.redisdb import connect, database_url
+from support.wait import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
 IMGSZ = (320, 192)
-
-
-def redis_db(db: int) -> redis.Redis:
-    r = redis.Redis(host="127.0.0.1", port=6379, db=db)
-    try:
-        r.ping()
-    except redis.exceptions.RedisError as e:
-        pytest.fail(f"Redis is not reachable at 127.0.0.1:6379 ({e}); the pipeline tests need a real Redis 7")
-    return r
-
-
-def wait_for(pred, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Pipeline:
     def __init__(self, tmp: Path, db: int, cameras: list[dict], *, overload: str = "late",
                  edge_extra: dict | None = None, cloud_extra: dict | None = None) -> None:
         self.tmp, self.db = tmp, db
-        from split_infer.model.export import ensure_edge_ir
-
+        self.keys = Keys.from_env()  # the services': they inherit this environment
         ensure_edge_ir("yolov5s", 4, IMGSZ)  # the edge process loads the IR; export it once (torch, here)
-        self.r = redis_db(db)
+        self.r = connect(database_url(db))
         self.r.flushdb()
         self.port = free_port()
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.services = Services(tmp)
         model = {"name": "yolov5s", "cut": 4, "imgsz": list(IMGSZ)}
-        cloud = {"redis_url": f"redis://127.0.0.1:6379/{db}", "listen": f"127.0.0.1:{self.port}", "model": model,
+        cloud = {"redis_url": database_url(db), "listen": f"127.0.0.1:{self.port}", "model": model,
                  "head_runtime": "openvino", "latency_slo_ms": 5000,
                  "worker": {"overload": overload, "claim_idle_ms": 3000, "claim_interval_s": 1.0}}
         cloud.update(cloud_extra or {})
@@ -69,50 +46,33 @@ class Pipeline:
         self.edge_yaml.write_text(yaml.safe_dump(edge))
         self.sent_log, self.stats_json = tmp / "sent.jsonl", tmp / "edge-stats.json"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        p = subprocess.Popen([PY, "-m", "split_infer", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        self.procs[name] = p
-        return p
-
     def log(self, name: str) -> str:
-        path = self.tmp / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.services.log(name)
 
     def start_ingest(self) -> None:
-        self._spawn("ingest", ["cloud", "ingest", "--config", str(self.cloud_yaml)])
+        self.services.start("ingest", "cloud", "ingest", "--config", str(self.cloud_yaml))
 
     def wait_ingest(self, timeout: float = 90) -> None:
-        wait_for(lambda: "ingest listening" in self.log("ingest") or self._dead("ingest"), timeout, "the ingest")
-        assert not self._dead("ingest"), self.log("ingest")[-3000:]
+        wait_for(lambda: "ingest listening" in self.log("ingest") or self.services.exited("ingest"), timeout,
+                 "the ingest")
+        assert not self.services.exited("ingest"), self.log("ingest")[-3000:]
 
     def start_worker(self, name: str) -> None:
-        self._spawn(name, ["cloud", "worker", "--config", str(self.cloud_yaml), "--name", name])
+        self.services.start(name, "cloud", "worker", "--config", str(self.cloud_yaml), "--name", name)
 
     def wait_worker(self, name: str, timeout: float = 120) -> None:
-        wait_for(lambda: " up: redis" in self.log(name) or self._dead(name), timeout, f"worker {name}")
-        assert not self._dead(name), self.log(name)[-3000:]
+        wait_for(lambda: " up: redis" in self.log(name) or self.services.exited(name), timeout, f"worker {name}")
+        assert not self.services.exited(name), self.log(name)[-3000:]
 
     def start_edge(self, *extra: str) -> subprocess.Popen:
-        return self._spawn("edge", ["edge", "--config", str(self.edge_yaml), "--sent-log", str(self.sent_log),
-                                    "--stats-json", str(self.stats_json), *extra])
-
-    def _dead(self, name: str) -> bool:
-        p = self.procs.get(name)
-        return p is not None and p.poll() is not None
+        return self.services.start("edge", "edge", "--config", str(self.edge_yaml), "--sent-log", str(self.sent_log),
+                                   "--stats-json", str(self.stats_json), *extra)
 
     def signal(self, name: str, sig: int) -> None:
-        p = self.procs[name]
-        if p.poll() is None:
-            os.killpg(p.pid, sig)
+        self.services.signal(name, sig)
 
     def wait_exit(self, name: str, timeout: float) -> int:
-        try:
-            return self.procs[name].wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{name} did not exit within {timeout} s:\n{self.log(name)[-3000:]}") from None
+        return self.services.wait_exit(name, timeout)
 
     def edge_stats(self) -> dict:
         try:
@@ -127,7 +87,7 @@ class Pipeline:
 
     def records(self, camera: str) -> list[dict]:
         out = []
-        for _, f in self.r.xrange(f"si:detections:{camera}"):
+        for _, f in self.r.xrange(self.keys.detections_stream(camera)):
             d = {k.decode(): v.decode() for k, v in f.items()}
             d["seq"] = int(d["seq"])
             d["detections"] = json.loads(d["detections"])
@@ -136,7 +96,7 @@ class Pipeline:
 
     def cloud_drops(self) -> list[dict]:
         out = []
-        for stream in ("si:dropped", "si:deadletter"):
+        for stream in (self.keys.dropped, self.keys.dead_letter):
             for _, f in self.r.xrange(stream):
                 d = {k.decode(): v.decode() for k, v in f.items()}
                 d["seq"] = int(d["seq"])
@@ -152,13 +112,7 @@ class Pipeline:
         return acked <= seen
 
     def stop(self) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(10)
+        self.services.kill_all()
         self.r.flushdb()
 
 
