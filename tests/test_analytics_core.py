@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from split_infer.analytics.aggregates import Aggregates
 from split_infer.analytics.camera import CameraAnalytics
-from split_infer.analytics.frames import Detection, DetectionFrame, parse_record
+from split_infer.analytics.frames import DetectionFrame, FrameDetection, parse_record
 from split_infer.analytics.geometry import polygon_distance, side_distance
 from split_infer.analytics.lines import LineCounter
 from split_infer.analytics.service import load_checkpoint
@@ -144,7 +144,7 @@ def record(seq: int, dets: list[dict], ts: float | None = None, camera: str = "c
 def test_parse_record_and_clear_errors():
     f = parse_record({k.encode(): v.encode() for k, v in record(3, [
         {"class_id": 2, "class_name": "car", "score": 0.9, "box": [1, 2, 30, 40]}]).items()})
-    assert f.seq == 3 and f.detections[0] == Detection("car", 0.9, (1.0, 2.0, 30.0, 40.0))
+    assert f.seq == 3 and f.detections[0] == FrameDetection("car", 0.9, (1.0, 2.0, 30.0, 40.0))
     bad = [
         ({k: v for k, v in record(1, []).items() if k != "seq"}, "lacks field 'seq'"),
         ({**record(1, []), "detections": "{nope"}, "bad value"),
@@ -164,7 +164,7 @@ def moving_box(x: float, y: float = 100, w: float = 60, h: float = 40) -> list[f
 
 
 def frame(seq: int, dets: list[tuple[str, float, list[float]]], camera: str = "c") -> DetectionFrame:
-    return DetectionFrame(camera, seq, seq / 10, 640, 360, tuple(Detection(c, s, tuple(b)) for c, s, b in dets))
+    return DetectionFrame(camera, seq, seq / 10, 640, 360, tuple(FrameDetection(c, s, tuple(b)) for c, s, b in dets))
 
 
 def test_tracking_keeps_ids_and_counts_two_cars_in_opposite_directions():
@@ -238,7 +238,7 @@ def test_checkpoint_round_trips_and_a_hostile_one_runs_nothing(tmp_path):
     cam = CameraAnalytics(CameraConfig(id="c", url="x", lines=[{"name": "l", "a": (50, 0), "b": (50, 100)}]))
     for seq in range(30):  # a car driving right across the line
         x = 5.0 + 3 * seq
-        cam.process(DetectionFrame("c", seq, seq / 10, 100, 100, (Detection("car", 0.9, (x, 40, x + 8, 48)),)))
+        cam.process(DetectionFrame("c", seq, seq / 10, 100, 100, (FrameDetection("car", 0.9, (x, 40, x + 8, 48)),)))
     assert cam.lines["l"].counts["in"]["car"] == 1
     restored = load_checkpoint(pickle.dumps({"version": 1, "analytics": cam}))["analytics"]
     assert restored.lines["l"].counts == cam.lines["l"].counts and restored.last_seq == 29

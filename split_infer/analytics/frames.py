@@ -8,7 +8,7 @@ from split_infer.records import DetectionResult, RawFields
 
 
 @dataclass(frozen=True)
-class Detection:
+class FrameDetection:
     class_name: str
     score: float
     box: tuple[float, float, float, float]
@@ -21,12 +21,12 @@ class DetectionFrame:
     capture_ts: float
     width: int
     height: int
-    detections: tuple[Detection, ...]
+    detections: tuple[FrameDetection, ...]
     session: str = ""
 
 
 def parse_record(fields: RawFields) -> DetectionFrame:
     """A detections stream entry (bytes or str keys and values); RecordError if it is malformed."""
     r = DetectionResult.from_fields(fields)
-    dets = tuple(Detection(d.class_name, d.score, d.box) for d in r.detections)
+    dets = tuple(FrameDetection(d.class_name, d.score, d.box) for d in r.detections)
     return DetectionFrame(r.camera, r.seq, r.capture_ts, r.width, r.height, dets, r.session)

@@ -63,7 +63,7 @@ def collect_features(video: str, frames: tuple[int, int | None], every: int, mod
     return np.stack(feats), edge.output_names[0], cloud, (a, i)
 
 
-class Bottleneck(nn.Module):
+class FeatureBottleneck(nn.Module):
     """The learned codec being trained: encoder, decoder, and the entropy model of the latent."""
 
     def __init__(self, channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128) -> None:
@@ -87,8 +87,8 @@ class Bottleneck(nn.Module):
         return -torch.log2(p.clamp_min(1e-9))
 
 
-def build(channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128) -> Bottleneck:
-    return Bottleneck(channels, hidden, dec_hidden, cin)
+def build(channels: int, hidden: int = 64, dec_hidden: int = 96, cin: int = 128) -> FeatureBottleneck:
+    return FeatureBottleneck(channels, hidden, dec_hidden, cin)
 
 
 def _distill_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
