@@ -32,6 +32,13 @@ BYTES_RECEIVED = Counter("bytes_received_total", "Feature payload bytes accepted
 CAMERA_UP = Gauge("camera_up", "1 while the camera delivers frames to the ingest", ["camera"])
 CREDIT = Gauge("ingest_credit", "Flow-control credit last granted per camera", ["camera"])
 REDIS_UP = Gauge("redis_up", "1 while this process can reach Redis", ["service"])
+# -- analytics: outcome loaded, absent, unreadable (started afresh), unwritable (kept the last one)
+ANALYTICS_CHECKPOINTS = Counter("analytics_checkpoints_total", "Analytics checkpoints read or written, by outcome",
+                                ["outcome"])
+# reason: malformed (a RecordError: bad field, not UTF-8, nested too deeply...), foreign_camera,
+# deleted, future (capture_ts too far ahead of the clock), bad_box
+ANALYTICS_REJECTED = Counter("analytics_rejected_records_total", "Detection records analytics rejected, by reason",
+                             ["reason"])
 
 
 def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
+
+from split_infer.analytics.state import MAX_ITEMS, StateReader, number, pair_of, text
 
 VEHICLES = frozenset({"car", "bus", "truck", "motorcycle"})
 CONGESTION_LEVELS = ((0.25, "free"), (0.5, "moderate"), (0.75, "heavy"), (math.inf, "jammed"))
@@ -77,6 +80,37 @@ class Aggregates:
             self.level = "empty"
         else:
             self.level = next(name for limit, name in CONGESTION_LEVELS if self.score < limit)
+
+    def to_state(self) -> dict[str, Any]:
+        """Checkpoint JSON (docs/analytics.md): the running figures; the settings are the code's."""
+        return {"minutes": [{"start": m.start, "crossings": [[c, n] for c, n in m.crossings.items()],
+                             "tracks": [[c, n] for c, n in m.tracks.items()]} for m in self.minutes],
+                "recent_crossings": [[ts, c] for ts, c in self.recent_crossings],
+                "recent_tracks": [[ts, c] for ts, c in self.recent_tracks],
+                "score": self.score, "level": self.level, "vehicles": self.vehicles,
+                "median_speed": self.median_speed, "last_ts": self._last_ts}
+
+    @classmethod
+    def from_state(cls, r: StateReader) -> Aggregates:
+        agg = cls()
+        for m in r.objects("minutes", agg.history_minutes + 1):
+            agg.minutes.append(Minute(m.whole("start"), m.tally("crossings"), m.tally("tracks")))
+        for name, queue in (("recent_crossings", agg.recent_crossings), ("recent_tracks", agg.recent_tracks)):
+            for i, pair in enumerate(r.array(name, MAX_ITEMS)):
+                ts, cls_name = pair_of(pair, f"{r.path}.{name}[{i}]")
+                queue.append((number(ts, f"{r.path}.{name}[{i}][0]"), text(cls_name, f"{r.path}.{name}[{i}][1]")))
+        agg.score, agg.level = r.num("score"), r.text("level")
+        agg.vehicles, agg.median_speed = r.whole("vehicles", 0), r.num("median_speed")
+        agg._last_ts = r.opt_num("last_ts")
+        return agg
+
+    def restart_clock(self, ts: float) -> None:
+        """Time went back to `ts` (docs/analytics.md, "Time"): forget what is dated after it."""
+        while self.minutes and self.minutes[-1].start > ts:
+            self.minutes.pop()
+        self.recent_crossings.clear()
+        self.recent_tracks.clear()
+        self._last_ts = None
 
     def history(self) -> list[dict]:
         return [{"minute": m.start, "crossings": dict(m.crossings), "tracks": dict(m.tracks)} for m in self.minutes]

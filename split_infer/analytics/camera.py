@@ -1,14 +1,16 @@
 """The analytics of one camera: ByteTrack over its detection frames, then lines, zones, aggregates.
 
 Pure and deterministic (no Redis, no clock: times are the frames' capture times), so the service
-can checkpoint it with pickle and a replay gives the same events.
+can checkpoint it (`to_state`, plain JSON: split_infer/analytics/checkpoint.py) and a replay gives
+the same events.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import supervision as sv
@@ -18,11 +20,15 @@ from split_infer.analytics.aggregates import VEHICLES, Aggregates
 from split_infer.analytics.frames import DetectionFrame
 from split_infer.analytics.geometry import Point, anchor
 from split_infer.analytics.lines import LineCounter
+from split_infer.analytics.state import StateError, StateReader
+from split_infer.analytics.tracker_state import tracker_from_state, tracker_to_state
 from split_infer.analytics.zones import Zone
 from split_infer.config import TRAFFIC_CLASSES, CameraConfig
 from split_infer.records import AnalyticsCounts, AnalyticsEvent, MinuteTally, ZoneTally
 
 CLASS_INDEX = {name: i for i, name in enumerate(TRAFFIC_CLASSES)}
+PAST_SESSIONS = 16  # sessions remembered as ended: their stragglers are late, not a new session
+MAX_TRACKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,20 @@ class Track:
     def class_name(self) -> str:
         return max(self.votes, key=self.votes.__getitem__)  # the first of equals, as Counter.most_common
 
+    def to_state(self, track_id: int) -> dict[str, Any]:
+        return {"id": track_id, "first_ts": self.first_ts, "last_ts": self.last_ts, "anchor": list(self.anchor),
+                "votes": [[c, v] for c, v in self.votes.items()], "speed": self.speed, "moved": self.moved,
+                "origin": None if self.origin is None else list(self.origin)}
+
+    @classmethod
+    def from_state(cls, r: StateReader) -> Track:
+        votes = r.tally("votes", whole=False)
+        if not votes:
+            raise StateError(f"{r.path}.votes is empty")
+        return cls(first_ts=r.num("first_ts"), last_ts=r.num("last_ts"), anchor=r.point("anchor"),
+                   votes=defaultdict(float, votes), speed=r.opt_num("speed"), moved=r.flag("moved"),
+                   origin=r.opt_point("origin"))
+
 
 class CameraAnalytics:
     def __init__(self, camera: CameraConfig | str, settings: TrackerSettings | None = None) -> None:
@@ -76,6 +96,7 @@ class CameraAnalytics:
         self.agg = Aggregates()
         # Ordering bookkeeping (read and written by the service).
         self.session: str | None = None
+        self.past_sessions: deque[str] = deque(maxlen=PAST_SESSIONS)  # ended, most recent last
         self.last_seq: int = -1
         self.last_ts: float = -math.inf
         self.frames = 0
@@ -121,7 +142,22 @@ class CameraAnalytics:
         events += self._expire(frame)
         self._congestion(ts)
         self.frames += 1
+        if self.session is not None and frame.session != self.session:
+            self.past_sessions.append(self.session)
         self.session, self.last_seq, self.last_ts = frame.session, frame.seq, ts
+        return events
+
+    def restart_clock(self, frame: DetectionFrame) -> list[AnalyticsEvent]:
+        """A new session dated before the last frame (its predecessor's clock ran ahead): end every
+        track (zone stays close as lost), so tracking and the rolling figures start again at its time."""
+        events: list[AnalyticsEvent] = []
+        for tid in list(self.tracks):
+            events += self._close(tid, frame)
+        next_id = self.tracker._next_track_id
+        self.tracker = self.settings.make_tracker()
+        self.tracker._next_track_id = next_id  # track ids stay unique in the events
+        self.agg.restart_clock(frame.capture_ts)
+        self.last_ts = -math.inf
         return events
 
     def _to_sv(self, frame: DetectionFrame) -> sv.Detections:
@@ -174,14 +210,18 @@ class CameraAnalytics:
         """Forget tracks unseen for track_ttl_s; close their zone stays as 'lost'."""
         ts, out = frame.capture_ts, []
         for tid in [t for t, tr in self.tracks.items() if ts - tr.last_ts > self.settings.track_ttl_s]:
-            track = self.tracks.pop(tid)
-            for line in self.lines.values():
-                line.forget(tid)
-            for zone in self.zones.values():
-                dwell = zone.leave(tid, track.last_ts)
-                if dwell is not None:
-                    out.append(AnalyticsEvent("zone_exit", self.camera, frame.seq, ts, tid, track.class_name,
-                                              zone=zone.name, dwell_s=dwell, reason="lost"))
+            out += self._close(tid, frame)
+        return out
+
+    def _close(self, tid: int, frame: DetectionFrame) -> list[AnalyticsEvent]:
+        track, out = self.tracks.pop(tid), []
+        for line in self.lines.values():
+            line.forget(tid)
+        for zone in self.zones.values():
+            dwell = zone.leave(tid, track.last_ts)
+            if dwell is not None:
+                out.append(AnalyticsEvent("zone_exit", self.camera, frame.seq, frame.capture_ts, tid,
+                                          track.class_name, zone=zone.name, dwell_s=dwell, reason="lost"))
         return out
 
     def _congestion(self, ts: float) -> None:
@@ -193,6 +233,45 @@ class CameraAnalytics:
                 continue
             speeds.append(tr.speed)
         self.agg.congestion(ts, speeds)
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def to_state(self) -> dict[str, Any]:
+        """Every piece of running state as plain JSON values (docs/analytics.md, "Checkpoint format")."""
+        return {"camera": self.camera, "session": self.session, "past_sessions": list(self.past_sessions),
+                "last_seq": self.last_seq, "last_ts": self.last_ts if math.isfinite(self.last_ts) else None,
+                "frames": self.frames, "skipped_frames": self.skipped_frames,
+                "rejected_records": self.rejected_records, "tracker": tracker_to_state(self.tracker),
+                "tracks": [tr.to_state(tid) for tid, tr in self.tracks.items()],
+                "lines": [line.to_state() for line in self.lines.values()],
+                "zones": [zone.to_state() for zone in self.zones.values()], "aggregates": self.agg.to_state()}
+
+    @classmethod
+    def from_state(cls, state: object, camera: CameraConfig,
+                   settings: TrackerSettings | None = None) -> CameraAnalytics:
+        """The analytics `to_state` gave, with the camera's lines and zones of now (a line or zone whose
+        geometry changed starts afresh). StateError for anything that is not such a state."""
+        r = StateReader(state, "analytics")
+        if r.text("camera") != camera.id:
+            raise StateError(f"the checkpoint is of camera {r.text('camera')!r}, not {camera.id!r}")
+        a = cls(camera, settings)
+        a.session, a.last_seq = r.opt_text("session"), r.whole("last_seq", -1)
+        a.past_sessions.extend(r.texts("past_sessions", PAST_SESSIONS))
+        last_ts = r.opt_num("last_ts")
+        a.last_ts = -math.inf if last_ts is None else last_ts
+        a.frames, a.skipped_frames = r.whole("frames", 0), r.whole("skipped_frames", 0)
+        a.rejected_records = r.whole("rejected_records", 0)
+        a.tracker = tracker_from_state(a.settings.make_tracker(), r.obj_at("tracker"))
+        for t in r.objects("tracks", MAX_TRACKS):
+            tid = t.whole("id", 0)
+            if tid in a.tracks:
+                raise StateError(f"{t.path}: track {tid} appears twice")
+            a.tracks[tid] = Track.from_state(t)
+        a.lines = {line.name: line for line in map(LineCounter.from_state, r.objects("lines", 1000))}
+        a.zones = {zone.name: zone for zone in map(Zone.from_state, r.objects("zones", 1000))}
+        a.agg = Aggregates.from_state(r.obj_at("aggregates"))
+        a.apply_config(camera)
+        return a
 
     # ------------------------------------------------------------------ output
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from split_infer.analytics.geometry import Point, side_distance
+from split_infer.analytics.state import StateReader, integer, pair_of
 from split_infer.config import LineConfig
 
 Direction = Literal["in", "out"]
@@ -54,3 +55,19 @@ class LineCounter:
 
     def forget(self, track_id: int) -> None:
         self.sides.pop(track_id, None)
+
+    def to_state(self) -> dict[str, Any]:
+        """Checkpoint JSON (docs/analytics.md): the geometry too, so a changed line starts afresh."""
+        return {"name": self.name, "a": list(self.a), "b": list(self.b), "classes": sorted(self.classes),
+                "margin": self.margin, "sides": [[tid, side] for tid, side in self.sides.items()],
+                "counts": {d: [[c, n] for c, n in self.counts[d].items()] for d in ("in", "out")}}
+
+    @classmethod
+    def from_state(cls, r: StateReader) -> LineCounter:
+        sides = {}
+        for i, pair in enumerate(r.array("sides")):
+            tid, side = pair_of(pair, f"{r.path}.sides[{i}]")
+            sides[integer(tid, f"{r.path}.sides[{i}][0]")] = integer(side, f"{r.path}.sides[{i}][1]", -1, 1)
+        counts = r.obj_at("counts")
+        return cls(name=r.text("name"), a=r.point("a"), b=r.point("b"), classes=r.names("classes"),
+                   margin=r.num("margin"), sides=sides, counts={"in": counts.tally("in"), "out": counts.tally("out")})

@@ -2,7 +2,7 @@
 
 One loop: keep the leases of the cameras this instance owns, read their detection streams
 through the consumer group `analytics`, put records back in seq order, run each camera's
-`CameraAnalytics`, then commit per camera in one MULTI/EXEC (events, counts hash, pickled state)
+`CameraAnalytics`, then commit per camera in one MULTI/EXEC (events, counts hash, JSON checkpoint)
 and only then XACK and publish. A crash at any point replays from the last checkpoint without
 counting twice (docs/analytics.md, "Restart and scaling").
 """
@@ -10,9 +10,7 @@ counting twice (docs/analytics.md, "Restart and scaling").
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import pickle
 import socket
 import threading
 import time
@@ -24,42 +22,18 @@ from pydantic import ValidationError
 
 from split_infer import metrics
 from split_infer.analytics.camera import CameraAnalytics
+from split_infer.analytics.checkpoint import CheckpointError, dump_checkpoint, load_checkpoint
 from split_infer.analytics.frames import DetectionFrame, parse_record
 from split_infer.config import CameraConfig, CloudConfig, ConfigError, load_config
 from split_infer.keys import Keys
 from split_infer.records import AnalyticsEvent, RecordError
+from split_infer.redact import redact_url, register_url
 from split_infer.service import StopEvent, service_main
 from split_infer.streams import create_group
 
-
-class _CheckpointUnpickler(pickle.Unpickler):
-    """Checkpoints live in Redis, which other programs can write: unpickle only the analytics'
-    own classes, the tracker's classes, numpy arrays and plain containers, never a function."""
-
-    NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
-             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
-             ("numpy._core.numeric", "_frombuffer"), ("numpy.core.multiarray", "scalar"),
-             ("numpy._core.multiarray", "scalar")}
-    PLAIN = {("collections", "deque"), ("collections", "Counter"), ("collections", "OrderedDict"),
-             ("collections", "defaultdict"), ("builtins", "set"), ("builtins", "frozenset"),
-             ("builtins", "float"), ("builtins", "int"), ("copyreg", "_reconstructor"), ("builtins", "object")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.NUMPY or (module, name) in self.PLAIN:
-            return super().find_class(module, name)
-        if module.startswith(("split_infer.analytics.", "trackers.")):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type):
-                return obj
-        raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which a checkpoint may not contain")
-
-
-def load_checkpoint(raw: bytes) -> dict:
-    return _CheckpointUnpickler(io.BytesIO(raw)).load()
-
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+MAX_COORD = 1e6  # px: a box beyond this is not from a camera, and would overflow the tracker's filter
 # Renew the lease only if we still hold it (a plain EXPIRE could extend someone else's lease).
 RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
@@ -85,6 +59,15 @@ class Owned:
     acks: list[str] = field(default_factory=list)
     events: list[AnalyticsEvent] = field(default_factory=list)
     dirty: bool = False
+    late_sessions: set[str] = field(default_factory=set)  # sessions whose late frames were already logged
+
+
+class Rejected(ValueError):
+    """A detection record analytics does not use; `reason` labels the metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -98,6 +81,7 @@ class Settings:
     read_count: int = 64  # per stream and step: bounds a step's time well under the lease
     events_maxlen: int = 100_000
     discover: bool = True  # also analyse every camera the ingest has seen (Keys.cameras)
+    max_future_s: float = 300.0  # a record dated further ahead of this host's clock is rejected
 
 
 class AnalyticsService:
@@ -171,18 +155,24 @@ class AnalyticsService:
         log.info("analysing camera %s (from seq %d)", cid, self.owned[cid].analytics.last_seq)
 
     def _load_state(self, cid: str, cam: CameraConfig) -> CameraAnalytics:
+        """The camera's analytics from its checkpoint (JSON, checked: nothing in it can run code), or
+        a fresh one, said loudly and counted, when the checkpoint is missing or unreadable."""
         raw: Any = self.r.get(self.keys.analytics_state(cid))
-        if raw:
-            try:
-                state = load_checkpoint(raw)
-                if state.get("version") == STATE_VERSION and isinstance(state.get("analytics"), CameraAnalytics):
-                    analytics = state["analytics"]
-                    analytics.apply_config(cam)
-                    return analytics
-                log.error("camera %s: checkpoint has version %r, expected %d; starting afresh",
-                          cid, state.get("version"), STATE_VERSION)
-            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means a fresh start, said loudly
-                log.error("camera %s: checkpoint unreadable (%s); starting afresh", cid, e)
+        if not raw:
+            metrics.ANALYTICS_CHECKPOINTS.labels(outcome="absent").inc()
+            return CameraAnalytics(cam)
+        try:
+            analytics = load_checkpoint(raw if isinstance(raw, bytes) else str(raw).encode(), cam)
+            metrics.ANALYTICS_CHECKPOINTS.labels(outcome="loaded").inc()
+            return analytics
+        except CheckpointError as e:
+            reason = str(e)
+        except Exception as e:  # noqa: BLE001 - a bug in reading one checkpoint must not stop the service
+            log.exception("camera %s: reading the checkpoint failed", cid)
+            reason = f"{type(e).__name__}: {e}"
+        metrics.ANALYTICS_CHECKPOINTS.labels(outcome="unreadable").inc()
+        log.error("camera %s: CHECKPOINT UNREADABLE at %s (%d bytes): %s; starting afresh: this camera's counts "
+                  "restart from zero", cid, self.keys.analytics_state(cid), len(raw), reason)
         return CameraAnalytics(cam)
 
     # ------------------------------------------------------------------ one cycle
@@ -228,20 +218,37 @@ class AnalyticsService:
         if any(p.entry_id == entry_id for p in own.buffer):
             return
         try:
-            if not fields:
-                raise RecordError("entry was deleted from the stream")
-            frame = parse_record(fields)
-            if frame.camera != cid:
-                raise RecordError(f"record of camera {frame.camera!r} in the stream of {cid!r}")
-        except RecordError as e:
-            log.error("camera %s: rejecting detection record %s: %s", cid, entry_id, e)
+            frame = self._check(cid, fields)
+        except Rejected as e:
+            # Logged once (it is acked here), counted, and the camera goes on with the next record.
+            log.error("camera %s: rejecting detection record %s (%s): %s", cid, entry_id, e.reason, e)
             own.analytics.rejected_records += 1
             own.acks.append(entry_id)
             own.dirty = True
             metrics.FRAMES.labels(stage="analytics", outcome="rejected").inc()
+            metrics.ANALYTICS_REJECTED.labels(reason=e.reason).inc()
             return
         own.buffer.append(Pending((frame.capture_ts, frame.seq), entry_id, frame, time.monotonic()))
         own.buffer.sort()
+
+    def _check(self, cid: str, fields: Any) -> DetectionFrame:
+        """The record as a frame, or Rejected: malformed (not UTF-8, nested too deeply, a bad field...),
+        another camera's, dated too far ahead of this host's clock, or with boxes no camera makes."""
+        if not fields:
+            raise Rejected("deleted", "entry was deleted from the stream")
+        try:
+            frame = parse_record(fields)
+        except (RecordError, ValueError, TypeError, RecursionError) as e:  # RecordError is the promise
+            raise Rejected("malformed", str(e) or type(e).__name__) from None
+        if frame.camera != cid:
+            raise Rejected("foreign_camera", f"record of camera {frame.camera!r} in the stream of {cid!r}")
+        ahead = frame.capture_ts - time.time()
+        if ahead > self.s.max_future_s:
+            raise Rejected("future", f"capture_ts {frame.capture_ts!r} is {ahead:.0f} s ahead of this host's "
+                                     f"clock (more than {self.s.max_future_s:g} s)")
+        if any(not abs(v) <= MAX_COORD for d in frame.detections for v in d.box):
+            raise Rejected("bad_box", f"a box coordinate beyond {MAX_COORD:g} px")
+        return frame
 
     def _release(self, own: Owned) -> None:
         """Process buffered frames in order: the next seq at once, a gap after reorder_wait_s."""
@@ -254,11 +261,29 @@ class AnalyticsService:
             p = own.buffer[0]
             f = p.frame
             same = a.session == f.session
-            if (same and f.seq <= a.last_seq) or (not same and a.session is not None and f.capture_ts <= a.last_ts):
-                own.buffer.pop(0)  # redelivered or too late: already counted, or its moment has passed
+            if same and f.seq <= a.last_seq:
+                own.buffer.pop(0)  # redelivered: already counted
                 own.acks.append(p.entry_id)
                 metrics.FRAMES.labels(stage="analytics", outcome="duplicate").inc()
                 continue
+            ended = f.session in a.past_sessions  # its stragglers are late whatever their date
+            if not same and a.session is not None and (ended or f.capture_ts <= a.last_ts):
+                if not ended and a.last_ts > time.time():
+                    # The last session was dated ahead of this clock: it must not freeze the camera.
+                    log.warning("camera %s: new session %r is dated %.1f s before the last frame of session %r, "
+                                "which was ahead of this host's clock; tracking restarts at its time",
+                                a.camera, f.session, a.last_ts - f.capture_ts, a.session)
+                    own.events += a.restart_clock(f)
+                    own.dirty = True
+                else:
+                    own.buffer.pop(0)  # a straggler of an ended session: its moment has passed
+                    own.acks.append(p.entry_id)
+                    metrics.FRAMES.labels(stage="analytics", outcome="late").inc()
+                    if f.session not in own.late_sessions and len(own.late_sessions) < 1000:
+                        own.late_sessions.add(f.session)
+                        log.warning("camera %s: dropping late frames of session %r (seq %d dated %.3f, at or "
+                                    "before the last analysed frame)", a.camera, f.session, f.seq, f.capture_ts)
+                    continue
             in_order = same and f.seq == a.last_seq + 1
             waited = now - p.arrived >= self.s.reorder_wait_s or len(own.buffer) > self.s.max_buffer
             if not (in_order or waited):
@@ -287,8 +312,11 @@ class AnalyticsService:
                 if counts is not None:
                     pipe.delete(self.keys.counts(cid))
                     pipe.hset(self.keys.counts(cid), mapping=counts)
-                    state = {"version": STATE_VERSION, "analytics": own.analytics}
-                    pipe.set(self.keys.analytics_state(cid), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+                    try:
+                        pipe.set(self.keys.analytics_state(cid), dump_checkpoint(own.analytics))
+                    except CheckpointError as e:  # inputs are bounded so that this does not happen
+                        metrics.ANALYTICS_CHECKPOINTS.labels(outcome="unwritable").inc()
+                        log.error("%s; keeping the previous checkpoint", e)
                 results = pipe.execute()
             except redis.WatchError:
                 log.warning("camera %s: lease lost before commit; another instance takes over", cid)
@@ -335,6 +363,8 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--consumer", default=f"analytics-{socket.gethostname()}",
                     help="consumer and lease name; keep it stable across restarts, unique per live instance")
     ap.add_argument("--reorder-wait", type=float, default=1.0, help="seconds to wait for a missing seq")
+    ap.add_argument("--max-future", type=float, default=300.0,
+                    help="reject records whose capture_ts is more than this many seconds ahead of this host's clock")
     ap.add_argument("--no-discover", action="store_true", help="only the cameras in the config")
     ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
     ap.add_argument("--metrics-addr", default="127.0.0.1")
@@ -344,6 +374,7 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     cfg = load_config(args.config, CloudConfig)
+    register_url(args.redis_url)  # given on the command line: not seen by load_config
     r = redis.Redis.from_url(args.redis_url or cfg.redis_url)
     mqtt = None
     if args.mqtt:
@@ -356,8 +387,8 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
             raise ConfigError(f"--mqtt {args.mqtt}: {e}") from None
     metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
     service = AnalyticsService(r, cfg, Settings(consumer=args.consumer, reorder_wait_s=args.reorder_wait,
-                                                discover=not args.no_discover), mqtt=mqtt)
-    log.info("analytics %s on %s", args.consumer, args.redis_url or cfg.redis_url)
+                                                discover=not args.no_discover, max_future_s=args.max_future), mqtt=mqtt)
+    log.info("analytics %s on %s", args.consumer, redact_url(args.redis_url or cfg.redis_url))
     service.run(stop)
     if mqtt is not None:
         mqtt.close()

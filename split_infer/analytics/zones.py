@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from split_infer.analytics.geometry import Point, polygon_distance
+from split_infer.analytics.state import StateError, StateReader, point
 from split_infer.config import ZoneConfig
 
 
@@ -65,6 +67,25 @@ class Zone:
 
     def occupancy(self) -> Counter[str]:
         return Counter(s.class_name for s in self.inside.values())
+
+    def to_state(self) -> dict[str, Any]:
+        """Checkpoint JSON (docs/analytics.md): the geometry too, so a changed zone starts afresh."""
+        return {"name": self.name, "polygon": [[float(x), float(y)] for x, y in self.polygon],
+                "classes": sorted(self.classes), "margin": self.margin,
+                "inside": [{"track": tid, "class": s.class_name, "since": s.since} for tid, s in self.inside.items()],
+                "entries": [[c, n] for c, n in self.entries.items()], "exits": [[c, n] for c, n in self.exits.items()],
+                "dwell_total": [[c, s] for c, s in self.dwell_total.items()]}
+
+    @classmethod
+    def from_state(cls, r: StateReader) -> Zone:
+        corners = r.array("polygon", 10_000)
+        if len(corners) < 3:
+            raise StateError(f"{r.path}.polygon has fewer than 3 corners")
+        polygon = np.array([point(p, f"{r.path}.polygon[{i}]") for i, p in enumerate(corners)], dtype=float)
+        inside = {s.whole("track"): Stay(s.text("class"), s.num("since")) for s in r.objects("inside")}
+        return cls(name=r.text("name"), polygon=polygon, classes=r.names("classes"), margin=r.num("margin"),
+                   inside=inside, entries=r.tally("entries"), exits=r.tally("exits"),
+                   dwell_total=defaultdict(float, r.tally("dwell_total", whole=False)))
 
     def dwell_max(self, now: float) -> dict[str, float]:
         out: dict[str, float] = {}

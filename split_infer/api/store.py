@@ -75,7 +75,7 @@ def detection_record(camera: str, entry_id: bytes | str, fields: RawFields) -> D
             latency_s=max(0.0, rec.done_ts - rec.capture_ts), width=rec.width, height=rec.height,
             detections=[Detection.model_validate(d.to_json()) for d in rec.detections],
         )
-    except (RecordError, ValidationError) as e:
+    except (RecordError, ValidationError, TypeError, RecursionError) as e:  # RecordError is the promise
         log.warning("skipping malformed detection record %s of %s: %s", as_str(entry_id), camera, e)
         return None
 
@@ -84,7 +84,7 @@ def event(camera: str, entry_id: bytes | str, fields: RawFields) -> Event | None
     """An events-stream entry -> Event, or None when it is malformed."""
     try:
         return Event(id=as_str(entry_id), **AnalyticsEvent.from_fields(fields).as_dict())
-    except (RecordError, ValidationError) as e:
+    except (RecordError, ValidationError, TypeError, RecursionError) as e:
         log.warning("skipping malformed event %s of %s: %s", as_str(entry_id), camera, e)
         return None
 
