@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     cams = [f"cam{i}" for i in range(8)]
     conf = {"redis_url": args.redis_url, "max_queue": 100_000, "model": {"name": args.model, "cut": 4,
             "imgsz": list(imgsz)}, "latency_slo_ms": 600_000, "ingest": {"feature_shapes": shapes},
-            "worker": {"max_batch": 8}}
+            "worker": {"max_batch": 8}, "tls": {"insecure": True}}  # the ingest's own cost, on loopback
     r = redis.Redis.from_url(args.redis_url)
     port = 50000 + (os.getpid() % 10000)
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from report import emit  # noqa: E402
 from split_infer.apps.detect import SplitDetector  # noqa: E402
 from split_infer.apps.processes import Children, StartError, free_port, start_redis, wait_log  # noqa: E402
+from split_infer.certs import make_dev_certs  # noqa: E402
 from split_infer.keys import Keys  # noqa: E402
 from split_infer.model.export import ensure_edge_ir  # noqa: E402
 from split_infer.model.preprocess import parse_imgsz  # noqa: E402
@@ -112,6 +113,11 @@ def write_configs(setup: Setup, redis_url: str, port: int, workdir: Path) -> lis
              "worker": {"overload": "late", "head_threads": setup.head_threads}}
     edge = {"cloud": f"127.0.0.1:{port}", "model": model, "codec": setup.codec, "cameras": cams,
             "buffer_frames": 64, "threads": setup.edge_threads}
+    # Measured as deployed: gRPC over mutual TLS with development certificates.
+    certs = make_dev_certs(workdir / "certs", ["edge-0"])
+    cloud["tls"] = {"cert": str(certs.server_cert), "key": str(certs.server_key), "client_ca": str(certs.ca)}
+    edge["tls"] = {"ca": str(certs.ca), "cert": str(certs.client_cert("edge-0")),
+                   "key": str(certs.client_key("edge-0"))}
     (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
     (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
     return [c["id"] for c in cams]

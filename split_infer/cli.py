@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analytics": ("split_infer.analytics.service", "tracking, line and zone counts"),
     "api": ("split_infer.api.app", "HTTP read API and dashboard"),
     "demo": ("split_infer.apps.demo", "the whole pipeline on one machine"),
+    "certs": ("split_infer.certs", "development CA and TLS certificates (certs dev --out DIR)"),
 }
 
 

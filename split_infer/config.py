@@ -6,14 +6,19 @@ line drawn for a camera lives next to that camera's URL.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from split_infer.codec import DEFAULT_CODEC
 from split_infer.keys import CAMERA_ID_PATTERN
+from split_infer.redact import register_config
 
 # Classes that traffic analytics count (COCO names).
 TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
@@ -88,10 +93,85 @@ class ModelConfig(Strict):
         return v
 
 
+# -- secrets: never on the command line (docs/security.md) ------------------------------------------
+# A YAML value may be `${VAR}` or `${VAR:-default}` (the environment, as Frigate does), and each
+# secret has a `*_file` twin (Docker and Kubernetes secrets) and a well-known variable read when the
+# config gives neither: NAME holds the secret, NAME_FILE the path of a file holding it.
+EDGE_TOKEN_ENV = "SPLIT_INFER_EDGE_TOKEN"  # a variable name, not a secret  # nosec B105
+REDIS_PASSWORD_ENV = "SPLIT_INFER_REDIS_PASSWORD"  # a variable name  # nosec B105
+
+
+def read_secret(value: str | None, file: Path | None, env: str, what: str) -> str | None:
+    """`value`, else the contents of `file` (surrounding whitespace stripped), else `$env`; None if none."""
+    if value is not None and file is not None:
+        raise ValueError(f"give {what} or {what}_file, not both")
+    if file is not None:
+        try:
+            text = file.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"{what}_file {file}: cannot read it ({e.strerror})") from None
+        if not text:
+            raise ValueError(f"{what}_file {file} is empty")
+        return text
+    if value is not None:
+        return value
+    if os.environ.get(f"{env}_FILE"):
+        return read_secret(None, Path(os.environ[f"{env}_FILE"]), env, f"${env}")
+    return os.environ.get(env) or None
+
+
+def redis_url_with_password(url: str, password: str | None) -> str:
+    """`url` with `password` (URL-quoted) as its password, keeping any ACL user (`redis://user@host`)."""
+    if not password:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ValueError("redis_url already holds a password: give it in one place only")
+    user = parts.username or ""
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- gRPC transport security between the edge and the ingest (split_infer/tls.py) ------------------
+
+
+class EdgeTLS(Strict):
+    """The edge's side of the link: TLS verifying the ingest, unless `insecure: true`."""
+
+    insecure: bool = False  # plaintext gRPC: only on a network you trust (a loopback test)
+    ca: Path | None = None  # CA bundle (PEM) that signed the ingest's certificate; None: the system roots
+    cert: Path | None = None  # this node's client certificate (mutual TLS), with `key`
+    key: Path | None = None
+    server_name: str | None = None  # name checked in the ingest's certificate; None: the host of `cloud`
+
+    @model_validator(mode="after")
+    def _pair(self) -> EdgeTLS:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together (the client certificate and its private key)")
+        return self
+
+
+class IngestTLS(Strict):
+    """The ingest's side: serves TLS with `cert` and `key`, unless `insecure: true`."""
+
+    insecure: bool = False  # plaintext gRPC: only on a network you trust (a loopback test)
+    cert: Path | None = None  # server certificate chain (PEM); `split-infer certs dev` makes one
+    key: Path | None = None
+    client_ca: Path | None = None  # given: every edge must present a client certificate signed by it (mTLS)
+
+    @model_validator(mode="after")
+    def _pair(self) -> IngestTLS:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together (the server certificate and its private key)")
+        return self
+
+
 class EdgeConfig(Strict):
     node_id: str = "edge-0"
     cloud: str = "127.0.0.1:50051"  # ingest address host:port
-    token: str | None = None  # shared secret the ingest checks
+    tls: EdgeTLS = Field(default_factory=EdgeTLS)
+    token: str | None = None  # shared secret the ingest checks; better `${VAR}`, token_file or the env
+    token_file: Path | None = None  # read the token from this file (a Docker or Kubernetes secret)
     model_dir: Path | None = None  # exported edge IR (split-infer export); None = default cache
     device: str = "AUTO"  # OpenVINO device string
     codec: str = DEFAULT_CODEC  # split_infer.codec spec; see docs/codec.md
@@ -115,6 +195,11 @@ class EdgeConfig(Strict):
             raise ValueError(f"camera ids must be unique, got {ids}")
         return v
 
+    @model_validator(mode="after")
+    def _secret_token(self) -> EdgeConfig:
+        self.token = read_secret(self.token, self.token_file, EDGE_TOKEN_ENV, "token")
+        return self
+
 
 class IngestSettings(Strict):
     """Limits and flow control of the cloud ingest (split_infer.cloud.ingest)."""
@@ -135,6 +220,8 @@ class IngestSettings(Strict):
     # Expected per-frame feature shapes without the batch axis, e.g. {"x4": [128, 48, 80]};
     # None: derived from `model` (name, cut, imgsz) at start-up.
     feature_shapes: dict[str, list[int]] | None = None
+    # A frame whose capture_ts is further ahead of the ingest's clock than this is rejected.
+    max_clock_skew_s: float = Field(default=300.0, gt=0)
 
 
 class WorkerSettings(Strict):
@@ -160,10 +247,44 @@ class WorkerSettings(Strict):
     head_threads: int | None = Field(default=None, ge=1)
 
 
+class EdgeToken(Strict):
+    """An edge token the ingest accepts, bound to the cameras it may send (docs/security.md). The
+    config holds only the secret's SHA-256, never the secret: `printf %s "$TOKEN" | sha256sum`.
+    Several entries may cover the same cameras (a new token before the old one is withdrawn)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # in logs and errors, instead of the secret
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")  # hex digest of the token's UTF-8 bytes
+    cameras: list[str] = Field(min_length=1)  # camera ids, or ["*"]: every camera
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_ids(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c != "*" and re.fullmatch(CAMERA_ID_PATTERN, c) is None]
+        if bad:
+            raise ValueError(f"camera ids {bad} are not valid ids (or '*' for every camera)")
+        return v
+
+    @classmethod
+    def for_secret(cls, name: str, secret: str, cameras: list[str]) -> EdgeToken:
+        return cls(name=name, sha256=hashlib.sha256(secret.encode()).hexdigest(), cameras=cameras)
+
+    def covers(self, camera: str) -> bool:
+        return "*" in self.cameras or camera in self.cameras
+
+
 class CloudConfig(Strict):
+    # redis:// or rediss:// (TLS: ?ssl_ca_certs=/path/ca.pem), ACL user as redis://user@host; the
+    # password from redis_password_file or $SPLIT_INFER_REDIS_PASSWORD, never in the YAML.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: Path | None = None
     listen: str = "127.0.0.1:50051"
-    tokens: list[str] = Field(default_factory=list)  # accepted edge tokens; empty = no auth
+    tls: IngestTLS = Field(default_factory=IngestTLS)  # gRPC from the edges
+    tokens: list[EdgeToken] = Field(default_factory=list)  # accepted edge tokens; empty = no auth
     cameras: list[CameraConfig] = Field(default_factory=list)  # known cameras (and their analytics)
     model: ModelConfig = Field(default_factory=ModelConfig)
     head_runtime: Literal["auto", "torch", "openvino"] = "auto"
@@ -171,6 +292,64 @@ class CloudConfig(Strict):
     latency_slo_ms: float = Field(default=200.0, gt=0)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _token_entries(cls, v: Any) -> Any:
+        # The message never repeats the entry: an old-style entry is the secret itself.
+        if isinstance(v, list) and any(isinstance(t, str) for t in v):
+            raise ValueError("each token is an entry {name, sha256, cameras} (docs/cloud.md), not the secret "
+                             "itself: sha256 = printf %s \"$TOKEN\" | sha256sum")
+        return v
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, v: list[EdgeToken]) -> list[EdgeToken]:
+        if len({t.name for t in v}) != len(v) or len({t.sha256 for t in v}) != len(v):
+            raise ValueError("token names and digests must be unique")
+        return v
+
+    @model_validator(mode="after")
+    def _secret_redis_password(self) -> CloudConfig:
+        password = read_secret(None, self.redis_password_file, REDIS_PASSWORD_ENV, "redis_password")
+        if password and urlsplit(self.redis_url).password is None:
+            self.redis_url = redis_url_with_password(self.redis_url, password)
+        elif self.redis_password_file is not None:
+            raise ValueError("redis_url already holds a password: give it in one place only")
+        return self
+
+
+class ApiKey(Strict):
+    """A read-API key, kept as the sha256 of the key (hex), never the key (`split-infer api --new-key`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # shown in logs instead of the key
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal["read"]] = Field(default=["read"], min_length=1)  # read: every /api/... endpoint
+
+
+class ApiConfig(Strict):
+    """The read API (split_infer.api): its Redis, API keys, CORS, rate limit and live-feed bounds."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: Path | None = None  # as CloudConfig's; or $SPLIT_INFER_REDIS_PASSWORD
+    listen: str = "127.0.0.1:8080"
+    stale_after_s: float = Field(default=5.0, gt=0)
+    api_keys: list[ApiKey] = Field(default_factory=list)  # empty: no authentication (logged loudly)
+    cors_origins: list[str] = Field(default_factory=list)  # origins allowed cross-origin; empty: none
+    rate_per_s: float = Field(default=20.0, gt=0)  # requests per second per key (token bucket)
+    rate_burst: int = Field(default=120, ge=1)
+    max_live: int = Field(default=50, ge=1)  # concurrent /api/live connections; beyond: 503
+    live_max_s: float = Field(default=3600.0, gt=0)  # a live connection is closed after this long
+    live_queue: int = Field(default=256, ge=1)  # events waiting for a slow live client before it is closed
+
+    @model_validator(mode="after")
+    def _secret_redis_password(self) -> ApiConfig:
+        password = read_secret(None, self.redis_password_file, REDIS_PASSWORD_ENV, "redis_password")
+        if password and urlsplit(self.redis_url).password is None:
+            self.redis_url = redis_url_with_password(self.redis_url, password)
+        elif self.redis_password_file is not None:
+            raise ValueError("redis_url already holds a password: give it in one place only")
+        return self
 
 
 class ConfigError(ValueError):
@@ -181,15 +360,17 @@ def load_config(path: str | Path | None, kind: type[S], overrides: dict[str, Any
     """`kind` from a YAML file (None: the defaults), with the command line's `overrides` on top
     (None values are not given). Every problem is one ConfigError, never a traceback."""
     source = str(path) if path else "defaults"
-    data = _read_mapping(Path(path)) if path else {}
+    data = substitute_env(_read_mapping(Path(path)), str(path)) if path else {}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if given:
         data.update(given)
         source += " with command-line overrides"
     try:
-        return kind.model_validate(data)
+        cfg = kind.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: invalid configuration: {describe_errors(e)}") from None
+    register_config(cfg)  # its tokens, passwords and URL credentials never reach a log line
+    return cfg
 
 
 def describe_errors(error: ValidationError) -> str:
@@ -201,6 +382,30 @@ def describe_errors(error: ValidationError) -> str:
         shown = f" (got {repr(got)[:60]})" if isinstance(got, (str, int, float, bool)) or got is None else ""
         parts.append(f"{where}: {err['msg']}{shown}")
     return "; ".join(parts)
+
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(data: Any, source: str) -> Any:
+    """Every `${VAR}` (or `${VAR:-default}`) in the YAML's strings replaced by the environment's
+    value; `$$` is a literal `$`. A variable that is unset, with no default, is a ConfigError."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name, default)
+        if value is None:
+            raise ConfigError(f"{source}: ${{{name}}} is used but the environment variable {name} is not set")
+        return value
+
+    if isinstance(data, str):
+        return _ENV_REF.sub(one, data) if "$" in data else data
+    if isinstance(data, dict):
+        return {k: substitute_env(v, source) for k, v in data.items()}
+    if isinstance(data, list):
+        return [substitute_env(v, source) for v in data]
+    return data
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:

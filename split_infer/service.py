@@ -27,6 +27,7 @@ from types import FrameType
 from typing import Any
 
 from split_infer.config import ConfigError
+from split_infer.redact import RedactingFilter, redact
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ class JsonLinesFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:  # exc_text: already formatted (and redacted)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
@@ -112,6 +113,7 @@ def configure_logging(levels: list[tuple[str, int]], fmt: str = "plain") -> None
     """The process's one logging set-up: a stderr handler on the root logger, then each
     (logger, level) in order ('' is the root), so that later, narrower settings win."""
     handler = _ServiceHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())  # credentials never reach the log (split_infer/redact.py)
     handler.setFormatter(JsonLinesFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT))
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _ServiceHandler)]:
@@ -164,7 +166,7 @@ def service_main(prog: str, description: str | None, argv: list[str] | None, add
     except UsageError as e:
         parser.error(str(e))
     except ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print(f"{prog}: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except Exception:
         log.critical("%s failed", prog, exc_info=True)

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from split_infer.apps.processes import free_port
 from split_infer.codec import make_decoder, make_encoder
 from split_infer.codec.basis import from_features
-from split_infer.config import CameraConfig, CloudConfig
+from split_infer.config import CameraConfig, CloudConfig, EdgeToken
 from split_infer.keys import Keys
 from split_infer.proto import pb, pb_grpc
 from support.cloud import SHAPES, IngestThread, features, frame
@@ -142,7 +142,8 @@ def test_bad_frames_get_clear_errors_and_other_cameras_lose_nothing(r, keys):
 
 
 def test_token_is_required_when_configured(r, keys):
-    with IngestThread(cloud_cfg(tokens=["s3cret"]), keys) as ing:
+    token = EdgeToken.for_secret("edge-0", "s3cret", ["*"]).model_dump()
+    with IngestThread(cloud_cfg(tokens=[token]), keys) as ing:
         s = stub(ing.address)
         for md in [None, [("authorization", "Bearer wrong")], [("authorization", "s3cret")]]:
             with pytest.raises(grpc.RpcError) as ei:
@@ -271,7 +272,7 @@ def test_an_older_frame_that_was_never_queued_is_queued_not_mistaken_for_a_resen
 def test_the_ingest_command_serves_metrics_and_stops_cleanly(r, keys, prefix, tmp_path):
     port, mport = free_port(), free_port()
     path = tmp_path / "cloud.yaml"
-    path.write_text(yaml.safe_dump(cloud_cfg().model_dump(mode="json")))
+    path.write_text(yaml.safe_dump(cloud_cfg(tls={"insecure": True}).model_dump(mode="json")))  # plaintext probe
     services = Services(tmp_path)
     services.start("ingest", "cloud", "ingest", "--config", str(path), "--listen", f"127.0.0.1:{port}",
                    "--metrics-port", str(mport), env={"SPLIT_INFER_PREFIX": prefix})

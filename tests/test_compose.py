@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from split_infer.config import CloudConfig, EdgeConfig, load_config
+from split_infer.config import CloudConfig, EdgeConfig, EdgeToken, load_config
 from support.data import ROOT
 
 pytestmark = pytest.mark.unit
@@ -33,11 +33,11 @@ def compose_config(path: Path) -> subprocess.CompletedProcess:
                           cwd=path.parent, capture_output=True, text=True, timeout=60)
 
 
-def test_compose_file_is_valid_and_wires_the_services():
+def test_compose_file_is_valid_and_wires_the_services(monkeypatch):
     out = compose_config(ROOT / "docker-compose.yml")
     assert out.returncode == 0, out.stderr
     svc = json.loads(out.stdout)["services"]
-    assert set(svc) == {"redis", "ingest", "worker", "edge"}
+    assert set(svc) == {"redis", "certs", "ingest", "worker", "edge"}
     assert svc["ingest"]["build"]["dockerfile"] == "deploy/cloud/Dockerfile"
     assert svc["worker"]["build"]["dockerfile"] == "deploy/cloud/Dockerfile"
     assert svc["edge"]["build"]["dockerfile"] == "deploy/edge/Dockerfile"
@@ -50,9 +50,24 @@ def test_compose_file_is_valid_and_wires_the_services():
                 "deploy/edge/edge.example.yaml"):
         assert (ROOT / rel).is_file(), f"{rel} is referenced by docker-compose.yml but missing"
     cloud = load_config(ROOT / "deploy/cloud/cloud.example.yaml", CloudConfig)
+    # The edge's token comes from the compose secret, as in the container (never YAML or argv).
+    secret = next(s for s in json.loads(out.stdout)["secrets"].values())
+    assert svc["edge"]["environment"]["SPLIT_INFER_EDGE_TOKEN_FILE"] == "/run/secrets/edge_token"
+    monkeypatch.setenv("SPLIT_INFER_EDGE_TOKEN_FILE", secret["file"])
     edge = load_config(ROOT / "deploy/edge/edge.example.yaml", EdgeConfig)
+    assert edge.token and "token" not in yaml.safe_load((ROOT / "deploy/edge/edge.example.yaml").read_text())
+    # TLS is the default: the ingest serves the certs service's certificates and requires client
+    # certificates; the edge verifies the ingest and presents its own; both mount the volume.
+    assert not cloud.tls.insecure and cloud.tls.cert and cloud.tls.client_ca
+    assert not edge.tls.insecure and edge.tls.ca and edge.tls.cert
+    assert svc["ingest"]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert "--host ingest" in " ".join(svc["certs"]["command"])  # the name the edge dials is in the certificate
+    for name in ("ingest", "edge"):
+        assert {v["target"] for v in svc[name]["volumes"] if v["type"] == "volume"} == {"/etc/split-infer/certs"}
     assert edge.cloud.split(":")[0] == "ingest"  # the edge reaches the ingest by its service name
-    assert not cloud.tokens or edge.token in cloud.tokens
+    # The edge's token is accepted for every camera it sends.
+    assert not cloud.tokens or any(t == EdgeToken.for_secret(t.name, edge.token or "", t.cameras)
+                                   and all(t.covers(c.id) for c in edge.cameras) for t in cloud.tokens)
 
 
 def test_compose_validation_rejects_a_broken_file(tmp_path):

@@ -2,7 +2,8 @@
 
 Two runs, each with `split-infer api` as its own process over real Redis:
 - fed: a feeder writes what the ingest, the workers and analytics write (eight cameras, one
-  dead). The page must draw each camera's snapshot with its boxes, show counts that change, mark
+  dead), and the API requires a key: the page asks for it once, and the test types it in. The
+  page must draw each camera's snapshot with its boxes, show counts that change, mark
   the dead camera, notice a camera dying while it is open, never reload, and fetch nothing from
   outside this server. Screenshot: artifacts/dashboard.png.
 - real pipeline: `split-infer demo` (edge node, ingest, worker on the sample footage) plus
@@ -12,6 +13,7 @@ Two runs, each with `split-infer api` as its own process over real Redis:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 SCREENSHOT = ROOT / "artifacts" / "dashboard.png"
+API_KEY = "dashboard-test-key-4Jd8sK2mQ9"
 
 # Pixels of the class colours the dashboard draws boxes in (dashboard.js CLASS_COLORS), counted
 # in the page: proof that boxes, not only the snapshot, are on the canvas.
@@ -73,9 +76,20 @@ def open_page(p, base: str):
     page.on("request", lambda req: page.outside.append(req.url)
             if urlsplit(req.url).hostname not in ("127.0.0.1", None) and not req.url.startswith("data:") else None)
     page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: page.errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(base + "/")
     page.evaluate("window.__sameDocument = true")
     return browser, page
+
+
+def wait_js(page, expression: str, timeout: float) -> None:
+    """Poll a JavaScript expression until it is truthy (`timeout` in ms). Not wait_for_function:
+    that evaluates strings with eval(), which the dashboard's Content-Security-Policy forbids,
+    and the page must run under its real policy."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out after {timeout / 1000:g} s waiting for {expression}"
+        page.wait_for_timeout(100)
 
 
 def check_clean(page) -> None:
@@ -101,22 +115,35 @@ def test_dashboard_live_in_chromium():
         thread = threading.Thread(target=feed, daemon=True)
         thread.start()
         try:
-            with api_server(prefix, stale_after_s=2.0) as base, playwright() as p:
+            digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+            with api_server(prefix, stale_after_s=2.0, extra=("--api-key-sha256", digest)) as base, \
+                    playwright() as p:
                 browser, page = open_page(p, base)
 
+                # The API wants a key: the page asks once, keeps it for the tab, and sends it.
+                page.wait_for_selector("#key-form", state="visible", timeout=15000)
+                page.fill("#key-input", "not-the-key")
+                page.click("#key-form button")
+                wait_js(page,
+                    "document.getElementById('key-why').textContent.includes('refused')", timeout=15000)
+                page.fill("#key-input", API_KEY)
+                page.click("#key-form button")
+                page.wait_for_selector("#key-form", state="hidden", timeout=15000)
+                assert page.evaluate("sessionStorage.getItem('split-infer-api-key')") == API_KEY
+
                 # Eight tiles; seven live, one dead and plainly so.
-                page.wait_for_function("document.querySelectorAll('.tile').length === 8", timeout=15000)
-                page.wait_for_function(
+                wait_js(page, "document.querySelectorAll('.tile').length === 8", timeout=15000)
+                wait_js(page,
                     "document.querySelectorAll('.tile[data-state=online]').length === 7", timeout=15000)
                 dead = page.locator('.tile[data-camera="cam-8"]')
                 assert dead.get_attribute("data-state") == "offline"
                 assert dead.locator(".badge").inner_text() == "OFFLINE"
                 assert dead.locator(".offline-overlay").is_visible()
                 assert "no frames for 5 min" in dead.locator(".offline-why").inner_text()
-                page.wait_for_function("document.getElementById('feed').textContent === '● live'", timeout=10000)
+                wait_js(page, "document.getElementById('feed').textContent === '● live'", timeout=10000)
 
                 # Every live tile shows its snapshot with boxes drawn over it, and the classes in view.
-                page.wait_for_function(
+                wait_js(page,
                     "[...document.querySelectorAll('.tile[data-state=online] .in-view')].every(e => e.children.length)",
                     timeout=15000)
                 for tile in page.locator(".tile[data-state=online]").all():
@@ -126,14 +153,14 @@ def test_dashboard_live_in_chromium():
 
                 # Counts change while we watch, without a reload.
                 before = page.evaluate(LINE_TOTAL)
-                page.wait_for_function(f"({LINE_TOTAL})() > {before}", timeout=20000)
+                wait_js(page, f"({LINE_TOTAL})() > {before}", timeout=20000)
                 after = page.evaluate(LINE_TOTAL)
                 assert after > before
                 assert page.locator('.tile[data-camera="cam-1"] .line-row[data-line="road"]').count() == 1
 
                 # A camera dies while the page is open: its tile turns red by itself.
                 feeder.dead.add("cam-7")
-                page.wait_for_function(
+                wait_js(page,
                     "document.querySelector('.tile[data-camera=\"cam-7\"]').dataset.state === 'offline'",
                     timeout=15000)
                 page.wait_for_timeout(3000)  # let the charts grow for the screenshot
@@ -194,9 +221,9 @@ def test_dashboard_on_the_real_pipeline(tmp_path):
                             seen.add(tile.get_attribute("data-camera"))
                     page.wait_for_timeout(500)
                 # The analytics' counts reach the page and change while we watch.
-                page.wait_for_function("document.querySelectorAll('.line-row').length >= 1", timeout=60000)
+                wait_js(page, "document.querySelectorAll('.line-row').length >= 1", timeout=60000)
                 before = page.evaluate(LINE_TOTAL)
-                page.wait_for_function(f"({LINE_TOTAL})() > {before}", timeout=120000)
+                wait_js(page, f"({LINE_TOTAL})() > {before}", timeout=120000)
                 page.wait_for_timeout(2000)
                 PIPELINE_SCREENSHOT.parent.mkdir(exist_ok=True)
                 page.screenshot(path=str(PIPELINE_SCREENSHOT), full_page=True)

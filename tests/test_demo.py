@@ -81,6 +81,12 @@ def test_sigterm_stops_the_demo_cleanly(tmp_path):
     try:
         wait_for(delivering, 300, "the demo to deliver frames", every=0.5)
         assert leftovers(str(work)), "the services should be running now"
+        # Encrypted and authenticated with no manual step: mutual TLS, and an edge token that no
+        # command line shows (`ps`): the edge reads it from a 0600 file.
+        token = (work / "edge.token").read_text()
+        assert len(token) >= 24 and (work / "edge.token").stat().st_mode & 0o077 == 0
+        assert not [c for c in leftovers(str(work)) if token in c], "the token is on a command line"
+        assert "TLS, client certificates required" in (work / "ingest.log").read_text()
         p.send_signal(signal.SIGTERM)
         services.wait_exit("demo", 120)
     finally:

@@ -8,6 +8,7 @@ detections equal those of the in-process split (same codec, same head runtime) o
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 import sys
@@ -144,7 +145,9 @@ def test_eight_cameras_every_frame_accounted_for_and_equal_to_in_process(eight_c
 def test_unknown_token_is_refused_and_nothing_is_queued(tmp_path):
     video = clip(tmp_path, 6)
     pipe = Pipeline(tmp_path, db=13, cameras=[{"id": "c0", "url": str(video), "realtime": False}],
-                    edge_extra={"token": "wrong"}, cloud_extra={"tokens": ["right"]})
+                    edge_extra={"token": "wrong"},
+                    cloud_extra={"tokens": [{"name": "e", "sha256": hashlib.sha256(b"right").hexdigest(),
+                                             "cameras": ["*"]}]})
     try:
         pipe.start_ingest()
         pipe.wait_ingest()

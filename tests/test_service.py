@@ -127,10 +127,13 @@ def test_a_runtime_failure_is_logged_and_exits_1(capsys, restore_logging):
 
 
 @pytest.mark.redis
-def test_sigterm_stops_a_service_cleanly_and_its_json_logs_stay_json(prefix):
+def test_sigterm_stops_a_service_cleanly_and_its_json_logs_stay_json(prefix, tmp_path):
     services = Services()
     port = free_port()
-    services.start("ingest", "cloud", "ingest", "--no-shape-check-from-model", "--listen", f"127.0.0.1:{port}",
+    plaintext = tmp_path / "cloud.yaml"
+    plaintext.write_text("tls: {insecure: true}\n")  # TLS is the default; this test is about signals
+    services.start("ingest", "cloud", "ingest", "--config", str(plaintext), "--no-shape-check-from-model",
+                   "--listen", f"127.0.0.1:{port}",
                    "--redis-url", REDIS_URL, "--log-format", "json", env={"SPLIT_INFER_PREFIX": prefix})
     try:
         wait_for(lambda: "ingest listening" in services.log("ingest") or services.exited("ingest"), 60,

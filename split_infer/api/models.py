@@ -149,3 +149,8 @@ class InvalidBody(Model):
     """422: our own message (e.g. a reversed range), or FastAPI's list of invalid parameters."""
 
     detail: str | list[dict[str, Any]]
+
+
+class LiveTicket(Model):
+    ticket: str = Field(description="pass as /api/live?ticket=...; good for one connection start")
+    expires_in: int = Field(description="seconds the ticket stays valid for opening a connection")

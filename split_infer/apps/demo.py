@@ -13,7 +13,10 @@ is terminated (then killed) on the way out, and dies with the demo even if the d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -34,6 +37,7 @@ from rich.live import Live
 from split_infer.apps.board import Board, render
 from split_infer.apps.processes import Children, Interrupted, StartError, free_port, port_or_free, start_redis, wait_log
 from split_infer.apps.samples import demo_footage
+from split_infer.certs import make_dev_certs
 from split_infer.codec import DEFAULT_CODEC
 from split_infer.config import ConfigError, EdgeConfig, load_config
 from split_infer.keys import Keys
@@ -120,8 +124,25 @@ def write_configs(args: argparse.Namespace, cams: list[dict], workdir: Path, red
              "cameras": cams, "worker": {"head_threads": 1}}
     edge = {"cloud": f"127.0.0.1:{port}", "model": model, "model_dir": str(model_dir), "codec": args.codec,
             "cameras": cams, "threads": 1, "anchor_x264_crf": args.x264_crf}
+    secure_link(workdir, cloud, edge)
     (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
     (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
+
+
+def secure_link(workdir: Path, cloud: dict, edge: dict) -> None:
+    """gRPC over mutual TLS with fresh development certificates, and a random edge token that
+    only files hold (the edge reads it from token_file, never from its command line)."""
+    certs = make_dev_certs(workdir / "certs", ["edge-0"])
+    cloud["tls"] = {"cert": str(certs.server_cert), "key": str(certs.server_key), "client_ca": str(certs.ca)}
+    edge["tls"] = {"ca": str(certs.ca), "cert": str(certs.client_cert("edge-0")),
+                   "key": str(certs.client_key("edge-0"))}
+    token = secrets.token_urlsafe(24)
+    token_file = workdir / "edge.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    edge.update(node_id="edge-0", token_file=str(token_file))
+    cloud["tokens"] = [{"name": "edge-0", "sha256": hashlib.sha256(token.encode()).hexdigest(), "cameras": ["*"]}]
 
 
 def start_pipeline(args: argparse.Namespace, cams: list[dict], children: Children, workdir: Path, stop: Stop,

@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from split_infer import metrics
-from split_infer.codec import CodecError, Decoder, make_decoder, make_encoder
-from split_infer.config import CameraConfig, CloudConfig
+from split_infer.codec import CodecError, Decoder, Limits, make_decoder, make_encoder
+from split_infer.config import CameraConfig, CloudConfig, EdgeToken
 from split_infer.keys import Keys, valid_camera_id, valid_session
 from split_infer.proto import pb
 from split_infer.records import CameraStatus, QueuedFrame
@@ -146,7 +146,7 @@ class Ingest:
 
     # -- validation ---------------------------------------------------------------------------
 
-    def _static_checks(self, f: pb.FeatureFrame) -> None:
+    def _static_checks(self, f: pb.FeatureFrame, token: EdgeToken | None) -> None:
         cam = f.camera_id
         if not valid_camera_id(cam):
             raise _invalid("bad_camera_id", f"camera_id {cam[:80]!r} must be 1-64 characters of [A-Za-z0-9_.-]")
@@ -158,6 +158,9 @@ class Ingest:
         if self.known and cam not in self.known:
             raise FrameRejected(grpc.StatusCode.NOT_FOUND, "unknown_camera",
                                 f"unknown camera {cam!r}: not in this ingest's camera list")
+        if token is not None and not token.covers(cam):
+            raise FrameRejected(grpc.StatusCode.PERMISSION_DENIED, "camera_not_allowed",
+                                f"token {token.name!r} may not send camera {cam!r}")
         if not f.payload:
             raise _invalid("empty_payload", f"{cam}: empty payload")
         if len(f.payload) > self.s.max_payload_bytes:
@@ -167,6 +170,10 @@ class Ingest:
             raise _invalid("bad_size", f"{cam}: frame size {f.width}x{f.height} outside 1..{self.s.max_dim}")
         if not (np.isfinite(f.capture_ts) and f.capture_ts > 0):
             raise _invalid("bad_timestamp", f"{cam}: capture_ts {f.capture_ts} is not a positive unix time")
+        ahead = f.capture_ts - time.time()
+        if ahead > self.s.max_clock_skew_s:
+            raise _invalid("clock_skew", f"{cam}: capture_ts is {ahead:.0f} s ahead of the ingest's clock "
+                                         f"(max_clock_skew_s {self.s.max_clock_skew_s:g}): check the edge's clock")
 
     def _check_shapes(self, st: IngestCamera, cam: str, tensors: dict[str, np.ndarray]) -> None:
         expected = self.expected or st.shapes
@@ -198,15 +205,25 @@ class Ingest:
 
     # -- Redis --------------------------------------------------------------------------------
 
-    def _new_decoder(self) -> Decoder:
-        models = self.s.codec_models
-        return make_decoder(learned_dir=str(models) if models else None)
+    def _new_decoder(self, pinned: dict[str, tuple[int, ...]] | None = None) -> Decoder:
+        """A decoder bounded by the expected feature shapes (configured, else pinned by the camera's
+        first frame): a header declaring other or larger tensors is refused before decompression."""
+        models, shapes = self.s.codec_models, self.expected or pinned
+        limits = (Limits.for_shapes(shapes, self.s.max_payload_bytes) if shapes
+                  else Limits(max_payload_bytes=self.s.max_payload_bytes))
+        return make_decoder(limits, learned_dir=str(models) if models else None, expected=shapes)
 
     def _camera(self, cam: str) -> IngestCamera:
         st = self.cams.get(cam)
         if st is None:
             st = self.cams[cam] = IngestCamera(decoder=self._new_decoder())
         return st
+
+    def _forget_if_never_valid(self, cam: str, st: IngestCamera) -> None:
+        """A camera none of whose frames was ever queued leaves no state behind (garbage frames under
+        made-up ids would otherwise grow the ingest's memory without bound)."""
+        if st.frames == 0 and not st.group_ready and st.staged is None and self.cams.get(cam) is st:
+            del self.cams[cam]
 
     async def _redis(self, command: Awaitable[T]) -> T:
         try:
@@ -247,37 +264,48 @@ class Ingest:
 
     # -- one frame ----------------------------------------------------------------------------
 
-    async def handle(self, f: pb.FeatureFrame, peer: str = "") -> pb.Ack:
-        """Validate and queue one frame; raises FrameRejected or RetryLater, else returns the Ack."""
+    async def handle(self, f: pb.FeatureFrame, peer: str = "", token: EdgeToken | None = None) -> pb.Ack:
+        """Validate and queue one frame; raises FrameRejected or RetryLater, else returns the Ack.
+        `token`: the caller's token entry, whose cameras it may send (None: no auth configured)."""
         try:
-            self._static_checks(f)
+            self._static_checks(f, token)
         except FrameRejected as e:
             metrics.FRAMES.labels("ingest", f"rejected_{e.reason}").inc()
             raise
         st = self._camera(f.camera_id)
-        async with st.lock:  # one frame of a camera at a time keeps its decoder state in order
-            try:
-                return await self._handle_locked(st, f, peer)
-            except FrameRejected as e:
-                st.rejected += 1
-                metrics.FRAMES.labels("ingest", f"rejected_{e.reason}").inc()
-                raise
-            except RetryLater as e:
-                metrics.FRAMES.labels("ingest", f"retry_{e.reason}").inc()
-                raise
+        while True:  # one frame of a camera at a time keeps its decoder state in order
+            async with st.lock:
+                if self.cams.get(f.camera_id) is not st:  # forgotten while we waited: start afresh
+                    st = self._camera(f.camera_id)
+                    continue
+                return await self._handle_counted(st, f, peer)
+
+    async def _handle_counted(self, st: IngestCamera, f: pb.FeatureFrame, peer: str) -> pb.Ack:
+        try:
+            return await self._handle_locked(st, f, peer)
+        except FrameRejected as e:
+            st.rejected += 1
+            metrics.FRAMES.labels("ingest", f"rejected_{e.reason}").inc()
+            self._forget_if_never_valid(f.camera_id, st)
+            raise
+        except RetryLater as e:
+            metrics.FRAMES.labels("ingest", f"retry_{e.reason}").inc()
+            raise
 
     async def _handle_locked(self, st: IngestCamera, f: pb.FeatureFrame, peer: str) -> pb.Ack:
         cam, now = f.camera_id, time.time()
         if f.session != st.session:
             if st.session is not None:
                 log.info("camera %s: new edge session %r (was %r), codec state reset", cam, f.session, st.session)
-            st.new_session(f.session, self._new_decoder())
+            st.new_session(f.session, self._new_decoder(st.shapes))
         if f.seq in st.queued_seqs:
             # A resend of something already queued (its ack was lost): acknowledge, queue nothing.
             metrics.FRAMES.labels("ingest", "duplicate").inc()
             return pb.Ack(camera_id=cam, seq=f.seq, status=pb.Ack.OK, credit=self.s.credit_window,
                           error="duplicate: already queued")
 
+        if not st.group_ready:  # decoded and valid before its stream, group and set entry exist
+            await self._stage(st, f)
         await self._ensure_group(st, cam)
         depth = await self._redis(self.redis.xlen(self.keys.frames_stream(cam)))
         metrics.QUEUE_DEPTH.labels(cam).set(depth)
@@ -286,14 +314,10 @@ class Ingest:
             raise RetryLater(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full",
                              f"{cam}: queue holds {depth} frames (max_queue {self.cfg.max_queue}); resend later")
 
-        if st.staged is None or st.staged.seq != f.seq:  # else decoded before Redis failed: the decoder moved on
-            payload = await asyncio.to_thread(self._decode, st, f)
-            st.staged = QueuedFrame(camera=cam, session=f.session, seq=f.seq, capture_ts=f.capture_ts,
-                                    sent_ts=f.sent_ts, width=f.width, height=f.height, payload=payload,
-                                    timings=dict(f.timings_ms), dropped_before=f.dropped_before)
+        staged = await self._stage(st, f)
         note = self._snapshot_note(f)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.keys.frames_stream(cam), replace(st.staged, ingest_ts=time.time()).to_fields())
+        pipe.xadd(self.keys.frames_stream(cam), replace(staged, ingest_ts=time.time()).to_fields())
         if f.snapshot_jpeg and not note:
             pipe.set(self.keys.snapshot(cam), f.snapshot_jpeg, ex=SNAPSHOT_TTL_S)
         await self._redis(pipe.execute())
@@ -305,6 +329,16 @@ class Ingest:
         if not st.up or now - st.last_state_write >= STATE_EVERY_S:
             await self._write_state(cam, st, now, peer, online=True)
         return pb.Ack(camera_id=cam, seq=f.seq, status=pb.Ack.OK, credit=credit, error=note)
+
+    async def _stage(self, st: IngestCamera, f: pb.FeatureFrame) -> QueuedFrame:
+        """Decode the frame into `st.staged`, unless it is there already (decoded before Redis failed
+        or the queue was full: the decoder moved on)."""
+        if st.staged is None or st.staged.seq != f.seq:
+            payload = await asyncio.to_thread(self._decode, st, f)
+            st.staged = QueuedFrame(camera=f.camera_id, session=f.session, seq=f.seq, capture_ts=f.capture_ts,
+                                    sent_ts=f.sent_ts, width=f.width, height=f.height, payload=payload,
+                                    timings=dict(f.timings_ms), dropped_before=f.dropped_before)
+        return st.staged
 
     def _snapshot_note(self, f: pb.FeatureFrame) -> str:
         """A bad thumbnail is dropped with a note; the frame's features are still queued."""

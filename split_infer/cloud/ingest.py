@@ -1,7 +1,8 @@
 """Cloud ingest: a grpc.aio server that validates feature frames and queues them in Redis Streams.
 
-Each frame is checked against the caller's token (per call, from `authorization: Bearer <token>`),
-then validated, decoded and queued by split_infer/cloud/admission.py; what goes into Redis is
+Each call is checked against the caller's token (from `authorization: Bearer <token>`, matched by
+its SHA-256), each frame against the cameras that token may send, then validated, decoded and
+queued by split_infer/cloud/admission.py; what goes into Redis is
 self-contained, so any worker can take any frame (docs/architecture.md). A bad frame is answered
 and forgotten; it never ends the stream of the node, so other cameras lose nothing.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -24,10 +26,12 @@ from redis.exceptions import RedisError
 
 from split_infer import metrics
 from split_infer.cloud.admission import FrameRejected, Ingest, RetryLater
-from split_infer.config import CloudConfig, load_config
+from split_infer.config import CloudConfig, EdgeToken, load_config
 from split_infer.keys import Keys
 from split_infer.proto import pb, pb_grpc
+from split_infer.redact import redact_url
 from split_infer.service import StopEvent, service_main
+from split_infer.tls import peer_identity, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +45,39 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
+def match_token(tokens: Sequence[EdgeToken], presented: str | None) -> EdgeToken | None:
+    """The entry whose digest is the presented token's; each digest compared in constant time."""
+    if presented is None:
+        return None
+    digest = hashlib.sha256(presented.encode("utf-8", "replace")).hexdigest()
+    found = None
+    for t in tokens:  # all of them, whichever matches
+        if hmac.compare_digest(digest, t.sha256):
+            found = t
+    return found
+
+
 class IngestServicer(pb_grpc.FeatureIngestServicer):
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
 
-    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> EdgeToken | None:
+        """The caller's token entry (its cameras); None when no tokens are configured (no auth)."""
         tokens = self.ingest.cfg.tokens
         if not tokens:
-            return
-        got = bearer_token(context.invocation_metadata())
-        if got is None or not any(hmac.compare_digest(got, t) for t in tokens):
+            return None
+        token = match_token(tokens, bearer_token(context.invocation_metadata()))
+        if token is None:
             metrics.FRAMES.labels("ingest", "unauthenticated").inc()
             log.warning("unauthenticated call from %s", context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "missing or unknown token (metadata 'authorization: Bearer <token>')")
+        return token
 
     async def Send(self, request: pb.FeatureFrame, context: grpc.aio.ServicerContext) -> pb.Ack:
-        await self._authorize(context)
+        token = await self._authorize(context)
         try:
-            return await self.ingest.handle(request, context.peer())
+            return await self.ingest.handle(request, context.peer(), token)
         except (FrameRejected, RetryLater) as e:
             code, message = e.code, str(e)
         except Exception as e:  # a bug must cost one frame, not the server
@@ -70,22 +88,26 @@ class IngestServicer(pb_grpc.FeatureIngestServicer):
 
     async def Stream(self, request_iterator: AsyncIterator[pb.FeatureFrame],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
-        await self._authorize(context)
+        token = await self._authorize(context)
         peer, seen = context.peer(), set()
-        log.info("edge stream opened from %s", peer)
+        identity = peer_identity(context)  # the client certificate's name, under mutual TLS
+        log.info("edge stream opened from %s%s%s", peer, f" (token {token.name})" if token else "",
+                 f" (client certificate {identity!r})" if identity else "")
         try:
             async for f in request_iterator:
-                seen.add(f.camera_id)
-                yield await self._answer(f, peer)
+                ack = await self._answer(f, peer, token)
+                if ack.status == pb.Ack.OK:  # only cameras it really sent go offline when it ends
+                    seen.add(f.camera_id)
+                yield ack
         finally:
             log.info("edge stream from %s closed", peer)
             known = [c for c in seen if c in self.ingest.cams]
             await self.ingest.mark_offline(known)
 
-    async def _answer(self, f: pb.FeatureFrame, peer: str) -> pb.Ack:
+    async def _answer(self, f: pb.FeatureFrame, peer: str, token: EdgeToken | None) -> pb.Ack:
         """A stream's answer to one frame: never an error that would end the stream."""
         try:
-            return await self.ingest.handle(f, peer)
+            return await self.ingest.handle(f, peer, token)
         except FrameRejected as e:
             log.warning("rejected %s/%s from %s: %s", f.camera_id, f.seq, peer, e)
             return pb.Ack(camera_id=f.camera_id, seq=f.seq, status=pb.Ack.REJECTED, error=f"{e.code.name}: {e}",
@@ -143,14 +165,15 @@ async def serve(cfg: CloudConfig, stop: asyncio.Event, ready: asyncio.Event | No
     pb_grpc.add_FeatureIngestServicer_to_server(IngestServicer(ingest), server)
     health_srv = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_srv, server)
-    port = server.add_insecure_port(cfg.listen)
+    creds = server_credentials(cfg.tls)  # a ConfigError before anything listens, when TLS is not set up
+    port = server.add_insecure_port(cfg.listen) if creds is None else server.add_secure_port(cfg.listen, creds)
     if port == 0:
         raise SystemExit(f"ingest: cannot listen on {cfg.listen}")
     if bound is not None:
         bound.append(port)
     await server.start()
-    log.info("ingest listening on %s (port %d), redis %s, %s cameras configured, auth %s", cfg.listen, port,
-             cfg.redis_url, len(cfg.cameras) or "any", "on" if cfg.tokens else "off")
+    log.info("ingest listening on %s (port %d, %s), redis %s, %s cameras configured, auth %s", cfg.listen, port,
+             _transport(cfg), redact_url(cfg.redis_url), len(cfg.cameras) or "any", "on" if cfg.tokens else "off")
     watcher = asyncio.create_task(_watch(ingest, health_srv, stop))
     if ready is not None:
         ready.set()
@@ -162,6 +185,12 @@ async def serve(cfg: CloudConfig, stop: asyncio.Event, ready: asyncio.Event | No
         await ingest.mark_offline(list(ingest.cams))
         await r.aclose()
         log.info("ingest stopped")
+
+
+def _transport(cfg: CloudConfig) -> str:
+    if cfg.tls.insecure:
+        return "PLAINTEXT (tls.insecure)"
+    return "TLS, client certificates required" if cfg.tls.client_ca else "TLS"
 
 
 def with_feature_shapes(cfg: CloudConfig) -> CloudConfig:

@@ -30,6 +30,7 @@ from split_infer.codec import CodecError, make_decoder
 from split_infer.config import CloudConfig, load_config
 from split_infer.keys import Keys
 from split_infer.records import DetectedObject, DetectionResult, ShedRecord
+from split_infer.redact import redact_url
 from split_infer.service import StopEvent, service_main
 
 log = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2,
                              socket_timeout=max(5, cfg.worker.block_ms / 1000 + 5))
     worker = Worker(cfg, r, head, make_policy(cfg, head), args.name)
-    log.info("worker %s up: redis %s, max batch %d", worker.name, cfg.redis_url, cfg.worker.max_batch)
+    log.info("worker %s up: redis %s, max batch %d", worker.name, redact_url(cfg.redis_url), cfg.worker.max_batch)
     worker.run(stop, args.max_frames)
     log.info("worker %s stopped: %d written, %d duplicates, %d shed, %d dead-lettered", worker.name,
              worker.processed, worker.duplicates, worker.shed, worker.dead)

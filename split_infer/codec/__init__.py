@@ -98,6 +98,11 @@ def make_encoder(spec: str = "q8-zstd", **kwargs: Any) -> Encoder:
     raise ValueError(f"unknown codec spec {spec!r}; known: {'; '.join(encoder_specs())}")
 
 
-def make_decoder(limits: Limits | None = None, learned_dir: str | None = None) -> Decoder:
-    """A decoder for one stream; it reads the codec and its parameters from each payload."""
-    return Decoder(limits or Limits(), learned_dir=learned_dir)
+def make_decoder(limits: Limits | None = None, learned_dir: str | None = None,
+                 expected: dict[str, list[int]] | dict[str, tuple[int, ...]] | None = None) -> Decoder:
+    """A decoder for one stream; it reads the codec and its parameters from each payload. With
+    `expected` (per-frame shapes without the batch axis) and no `limits`, the limits are derived
+    from them: frames declaring other or larger tensors are refused before decompression."""
+    if limits is None:
+        limits = Limits.for_shapes(expected) if expected else Limits()
+    return Decoder(limits, learned_dir=learned_dir, expected=expected)

@@ -11,14 +11,14 @@ wire name (`register_frame_decoder`), so this module names none of them.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from split_infer.codec import quant
-from split_infer.codec.errors import CodecError
+from split_infer.codec.errors import CodecError, LimitExceeded
 from split_infer.codec.wire import (
     DEFAULT_LIMITS,
     Q_AFFINE,
@@ -226,8 +226,13 @@ class TemporalEncoder(Encoder):
 class Decoder:
     """Decodes any codec's payloads for one stream; keeps the reference of stateful codecs."""
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, learned_dir: str | None = None) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, learned_dir: str | None = None,
+                 expected: Mapping[str, Sequence[int]] | None = None) -> None:
         self.limits, self.learned_dir = limits, learned_dir  # learned_dir: model files for frames that name one
+        # The per-frame tensors (shapes without the batch axis) the receiver expects, if it knows them:
+        # a frame of the plain codes codecs that declares any other is refused from its header alone.
+        self.expected: dict[str, tuple[int, ...]] | None = (
+            {k: (1, *(int(d) for d in v)) for k, v in expected.items()} if expected else None)
         self.cache: dict[str, Any] = {}  # per-decoder state of registered frame decoders (loaded models)
         self._frame_decoders: dict[str, FrameDecoder] = {}
         self._refs: dict[str, _Ref] = {}
@@ -246,8 +251,13 @@ class Decoder:
 
     def decode(self, payload: bytes) -> Tensors:
         try:
-            frame = unpack(payload, self.limits)
+            frame = unpack(payload, self.limits, self._check_header)
             out = self._decode(frame)
+        except LimitExceeded as e:
+            self.needs_key_frame = True
+            if self.expected is None:
+                raise
+            raise LimitExceeded(f"{e}: the frame's tensors do not match the expected {self.expected}") from None
         except CodecError:
             self.needs_key_frame = True
             raise
@@ -257,6 +267,19 @@ class Decoder:
         self._last_seq, self._codec, self._stream = frame.seq, frame.codec, frame.stream
         self.needs_key_frame, self.last_frame = False, frame
         return out
+
+    def _check_header(self, frame: WireFrame) -> None:
+        """Before any body is decompressed, when the expected tensors are known: every tensor carries
+        one frame, and the plain codes codecs (whose tensors are the features themselves) carry
+        exactly the expected ones. Other codecs (a latent, fewer channels) are bounded by `limits`
+        and checked once decoded."""
+        if self.expected is None:
+            return
+        got = {t.name: t.shape for t in frame.tensors}
+        if any(shape[0] != 1 for shape in got.values()):
+            raise CodecError(f"one frame per payload: tensors must be [1, ...], got {got}")
+        if frame.codec not in _FRAME_DECODERS and got != self.expected:
+            raise CodecError(f"declared feature tensors {got} do not match the expected {self.expected}")
 
     def _decode(self, frame: WireFrame) -> Tensors:
         if not frame.key:

@@ -52,6 +52,11 @@ def _av() -> ModuleType:
     return av
 
 
+def _aligned(n: int, block: int = 64) -> int:
+    """`n` rounded up to a whole coding block (a CTU of x265, four macroblocks of x264)."""
+    return -(-n // block) * block
+
+
 @dataclass(frozen=True)
 class Mosaic:
     """How the C channels of an [1, C, H, W] tensor tile one picture: `cols` tiles a row."""
@@ -291,7 +296,11 @@ class VideoFrameDecoder:
         ctx.thread_count = 1  # frame threading would hold pictures back
         if not isinstance(cols, int) or isinstance(cols, bool):
             raise CodecError(f"video key frame needs an integer 'cols', got {cols!r}")
-        return _Stream(Mosaic.for_shape(t.shape, cols), *t.affine(), ctx)
+        mosaic = Mosaic.for_shape(t.shape, cols)
+        # A tiny packet may declare a huge picture: FFmpeg refuses any larger than the mosaic (to
+        # its coding block) before allocating it.
+        ctx.options = {"max_pixels": str(_aligned(mosaic.picture_width) * _aligned(mosaic.picture_height))}
+        return _Stream(mosaic, *t.affine(), ctx)
 
     @staticmethod
     def _decode_tensor(av: ModuleType, st: _Stream, t: TensorRecord, inner: str) -> np.ndarray:

@@ -11,6 +11,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from split_infer.codec.errors import CodecError
+from split_infer.codec.errors import CodecError, LimitExceeded
 
 MAGIC = b"SIFC"
 VERSION = 1
@@ -63,6 +64,20 @@ class Limits:
     max_total_elements: int = 32 << 20  # per frame
     max_params_bytes: int = 4096
     max_name_len: int = 64
+
+    @classmethod
+    def for_shapes(cls, shapes: Mapping[str, Sequence[int]], max_payload_bytes: int = 64 << 20) -> Limits:
+        """Limits for a receiver that expects these per-frame tensors (shapes without the batch axis,
+        batch 1): a header declaring more tensors, ranks, dimensions or elements is refused before
+        anything is decompressed. Codecs that send other tensors (a latent, fewer channels) send fewer
+        elements, so they fit too."""
+        if not shapes or any(not s or any(int(d) < 1 for d in s) for s in shapes.values()):
+            raise ValueError(f"expected feature shapes must be non-empty and positive, got {dict(shapes)}")
+        sizes = [math.prod(int(d) for d in s) for s in shapes.values()]
+        return cls(max_payload_bytes=max_payload_bytes, max_tensors=len(shapes),
+                   max_dims=1 + max(len(s) for s in shapes.values()),
+                   max_dim=max(int(d) for s in shapes.values() for d in s),
+                   max_elements=max(sizes), max_total_elements=sum(sizes))
 
 
 DEFAULT_LIMITS = Limits()
@@ -190,21 +205,28 @@ class _Header(NamedTuple):
         return bool(self.flags & FLAG_KEY)
 
 
-def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> WireFrame:
+HeaderCheck = Callable[[WireFrame], None]  # sees a frame whose bodies are still empty; raises CodecError
+
+
+def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS, check: HeaderCheck | None = None) -> WireFrame:
     """Parse and verify a payload. Raises CodecError on anything malformed; never allocates
-    more than the declared shapes, and only within `limits`."""
+    more than the declared shapes, and only within `limits`. `check` (if given) vets the header
+    and the tensor descriptors before any body is decompressed."""
     body = _checked_body(payload, limits)
     r = _Reader(body)
     header = _read_header(r, limits)
     params = _read_params(r, header.params_len, limits)
     tensors, body_lens = _read_descriptors(r, header, limits)
+    frame = WireFrame(CODEC_NAMES[header.codec_id], header.seq, header.key, tensors, params,
+                      None if header.cut == CUT_NONE else header.cut, header.stream)
+    if check is not None:
+        check(frame)
     dctx = zstandard.ZstdDecompressor()
     for t, body_len in zip(tensors, body_lens, strict=True):
         t.body = _read_body(r, t, body_len, dctx)
     if r.pos != len(body):
         raise CodecError(f"{len(body) - r.pos} trailing bytes after the last tensor")
-    return WireFrame(CODEC_NAMES[header.codec_id], header.seq, header.key, tensors, params,
-                     None if header.cut == CUT_NONE else header.cut, header.stream)
+    return frame
 
 
 def _checked_body(payload: bytes, limits: Limits) -> memoryview:
@@ -234,7 +256,7 @@ def _read_header(r: _Reader, limits: Limits) -> _Header:
     if h.flags & ~FLAG_KEY:
         raise CodecError(f"unknown flags 0x{h.flags:02x}")
     if not 1 <= h.n_tensors <= limits.max_tensors:
-        raise CodecError(f"{h.n_tensors} tensors, allowed 1 to {limits.max_tensors}")
+        raise LimitExceeded(f"{h.n_tensors} tensors, allowed 1 to {limits.max_tensors}")
     if h.params_len > limits.max_params_bytes:
         raise CodecError(f"codec params of {h.params_len} bytes exceed {limits.max_params_bytes}")
     return h
@@ -261,7 +283,7 @@ def _read_descriptors(r: _Reader, header: _Header, limits: Limits) -> tuple[list
         n = math.prod(shape)
         total += n
         if n > limits.max_elements or total > limits.max_total_elements:
-            raise CodecError(f"tensor {name}: {n} elements ({total} in the frame) exceed the limits")
+            raise LimitExceeded(f"tensor {name}: {n} elements ({total} in the frame) exceed the limits")
         mode, bits, body_len = r.unpack(_TENSOR_TAIL, "tensor coding")
         _check_coding(name, dtype, mode, bits)
         t = TensorRecord(name, dtype, shape, mode, bits)
@@ -290,10 +312,10 @@ def _read_dtype_and_shape(r: _Reader, name: str, limits: Limits) -> tuple[np.dty
     if dtype_code not in DTYPES:
         raise CodecError(f"tensor {name}: unknown dtype code {dtype_code}")
     if not 1 <= ndim <= limits.max_dims:
-        raise CodecError(f"tensor {name}: rank {ndim}, allowed 1 to {limits.max_dims}")
+        raise LimitExceeded(f"tensor {name}: rank {ndim}, allowed 1 to {limits.max_dims}")
     shape: tuple[int, ...] = struct.unpack(f"<{ndim}I", r.take(4 * ndim, "tensor shape"))
     if any(not 1 <= d <= limits.max_dim for d in shape):
-        raise CodecError(f"tensor {name}: shape {shape} has a dimension outside 1..{limits.max_dim}")
+        raise LimitExceeded(f"tensor {name}: shape {shape} has a dimension outside 1..{limits.max_dim}")
     return DTYPES[dtype_code], shape
 
 

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from split_infer.config import CameraConfig
+from split_infer.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def open_source(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.V
         cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         cap.release()
-        raise OSError(f"cannot open {url} (unreachable, refused, or not a video FFmpeg can read)")
+        raise OSError(f"cannot open {redact_url(url)} (unreachable, refused, or not a video FFmpeg can read)")
     return cap
 
 
@@ -221,7 +222,7 @@ class Capture:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             d = self.stats.as_dict()
-        d["url"] = self.camera.url
+        d["url"] = redact_url(self.camera.url)
         return d
 
     # -- internals -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from split_infer import metrics
-from split_infer.config import CameraConfig, ConfigError, EdgeConfig, load_config
+from split_infer.config import EDGE_TOKEN_ENV, CameraConfig, ConfigError, EdgeConfig, load_config
 from split_infer.edge.capture import CaptureState
 from split_infer.edge.extractor import EdgeExtractor
 from split_infer.edge.ledger import Ledger
@@ -176,7 +176,7 @@ class EdgeNode:
 def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--camera", action="append", help="camera URL (repeatable); replaces the config's cameras")
     ap.add_argument("--cloud", help="ingest host:port (overrides the config)")
-    ap.add_argument("--token", help="bearer token for the ingest (overrides the config)")
+    ap.add_argument("--token", action=_NoSecretOnArgv, help=argparse.SUPPRESS)
     ap.add_argument("--frames", type=int, help="stop after taking N frames across cameras")
     ap.add_argument("--duration", type=float, help="stop after S seconds")
     ap.add_argument("--stats-json", type=Path, help="write per-camera stats here every second")
@@ -184,10 +184,18 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to deliver the buffer on stop")
 
 
+class _NoSecretOnArgv(argparse.Action):
+    """`--token` is gone: every user of the machine reads a process's arguments (`ps`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        parser.error(f"--token was removed: a command line is visible to every user (ps). Give the token as "
+                     f"token_file: PATH in the config, token: ${{VAR}}, or the {EDGE_TOKEN_ENV} environment variable")
+
+
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
     cameras = ([CameraConfig(id=f"cam{i}", url=u, loop=True).model_dump() for i, u in enumerate(args.camera)]
                if args.camera else None)
-    cfg = load_config(args.config, EdgeConfig, {"cloud": args.cloud, "token": args.token, "cameras": cameras})
+    cfg = load_config(args.config, EdgeConfig, {"cloud": args.cloud, "cameras": cameras})
     if not cfg.cameras:
         raise ConfigError(f"{args.config or 'defaults'}: no cameras configured (cameras: or --camera)")
     return cfg
@@ -219,4 +227,4 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return service_main("split-infer edge", __doc__, argv, _add_arguments, _run,
-                        config_help="edge YAML (EdgeConfig: cameras, cloud address, token, model, codec)")
+                        config_help="edge YAML (EdgeConfig: cameras, cloud address, tls, token_file, model, codec)")

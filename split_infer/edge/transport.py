@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from split_infer import metrics
 from split_infer.config import EdgeConfig
 from split_infer.edge.ledger import Ledger
 from split_infer.edge.outbox import Item, Outbox
 from split_infer.proto import pb, pb_grpc
+from split_infer.tls import explain, secure_or_insecure_channel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class IngestLink:
     def __init__(self, cfg: EdgeConfig, outbox: Outbox, ledger: Ledger, request_key_frame: Callable[[str], None],
                  producing: Callable[[], bool], connect_timeout_s: float = 5.0) -> None:
         self.cloud = cfg.cloud
+        self.tls = cfg.tls
         self.outbox = outbox
         self.ledger = ledger
         self.request_key_frame = request_key_frame
@@ -91,10 +94,10 @@ class IngestLink:
 
     async def _session(self) -> bool:
         """One channel and stream until either ends; True when a stream was opened."""
-        channel = grpc.aio.insecure_channel(self.cloud, options=CHANNEL_OPTIONS)
+        channel = secure_or_insecure_channel(self.cloud, self.tls, CHANNEL_OPTIONS)
         opened = False
         try:
-            await asyncio.wait_for(channel.channel_ready(), self.connect_timeout_s)
+            await self._connect(channel)
             call = pb_grpc.FeatureIngestStub(channel).Stream(metadata=self.metadata)
             opened = True
             self._set_connected(True)
@@ -103,6 +106,9 @@ class IngestLink:
                 self.last_error = "the ingest closed the stream"
         except asyncio.TimeoutError:
             self.last_error = f"ingest {self.cloud} unreachable (no connection in {self.connect_timeout_s:.0f} s)"
+        except ConnectionRefusedError as e:  # the TLS handshake failed: retrying will not help by itself
+            self.last_error = str(e)
+            log.error("%s", e)
         except grpc.aio.AioRpcError as e:
             self._call_failed(e)
         finally:
@@ -110,6 +116,23 @@ class IngestLink:
             self._requeue_unanswered()
             await channel.close(grace=None)
         return opened
+
+    async def _connect(self, channel: grpc.aio.Channel) -> None:
+        """Wait for the channel; when it does not come up, ask it why once (a health check without
+        wait-for-ready fails with gRPC's reason), so that a TLS failure is named, not a timeout."""
+        try:
+            await asyncio.wait_for(channel.channel_ready(), self.connect_timeout_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0,
+                                                            wait_for_ready=False)
+        except grpc.aio.AioRpcError as e:
+            hint = explain(e.details()) if e.code() == grpc.StatusCode.UNAVAILABLE else None
+            if hint:
+                raise ConnectionRefusedError(f"TLS with ingest {self.cloud} failed: {hint} ({e.details()})") from None
+        raise asyncio.TimeoutError
 
     async def _exchange(self, call: grpc.aio.StreamStreamCall) -> None:
         """Write frames while reading Acks, until the ingest ends the stream or the link is done."""

@@ -26,7 +26,12 @@ class IngestThread:
     """The real grpc.aio ingest server, on its own event loop in a thread, on a loopback port."""
 
     def __init__(self, cfg: CloudConfig, keys: Keys) -> None:
-        self.cfg = cfg.model_copy(update={"listen": "127.0.0.1:0"})
+        """`cfg` with TLS set up serves TLS; without a certificate, plaintext (`tls.insecure`), as the
+        in-process tests' own insecure channels expect (tests/test_transport_security.py covers TLS)."""
+        update: dict = {"listen": "127.0.0.1:0"}
+        if cfg.tls.cert is None:
+            update["tls"] = cfg.tls.model_copy(update={"insecure": True})
+        self.cfg = cfg.model_copy(update=update)
         self.keys = keys
         self.loop = asyncio.new_event_loop()
         self.bound: list[int] = []

@@ -19,6 +19,7 @@ from split_infer.keys import Keys
 from split_infer.model.export import ensure_edge_ir
 from support.processes import Services
 from support.redisdb import connect, database_url
+from support.tls import EDGE, cloud_tls, dev_certs, edge_tls
 from support.wait import wait_for
 
 IMGSZ = (320, 192)
@@ -26,7 +27,9 @@ IMGSZ = (320, 192)
 
 class Pipeline:
     def __init__(self, tmp: Path, db: int, cameras: list[dict], *, overload: str = "late",
-                 edge_extra: dict | None = None, cloud_extra: dict | None = None) -> None:
+                 edge_extra: dict | None = None, cloud_extra: dict | None = None, tls: bool = True) -> None:
+        """gRPC between the edge and the ingest is mutual TLS with development certificates; `tls=False`:
+        plaintext, with `insecure: true` on both sides."""
         self.tmp, self.db = tmp, db
         self.keys = Keys.from_env()  # the services': they inherit this environment
         ensure_edge_ir("yolov5s", 4, IMGSZ)  # the edge process loads the IR; export it once (torch, here)
@@ -37,9 +40,11 @@ class Pipeline:
         model = {"name": "yolov5s", "cut": 4, "imgsz": list(IMGSZ)}
         cloud = {"redis_url": database_url(db), "listen": f"127.0.0.1:{self.port}", "model": model,
                  "head_runtime": "openvino", "latency_slo_ms": 5000,
-                 "worker": {"overload": overload, "claim_idle_ms": 3000, "claim_interval_s": 1.0}}
+                 "worker": {"overload": overload, "claim_idle_ms": 3000, "claim_interval_s": 1.0},
+                 "tls": cloud_tls(dev_certs()) if tls else {"insecure": True}}
         cloud.update(cloud_extra or {})
-        edge = {"cloud": f"127.0.0.1:{self.port}", "model": model, "cameras": cameras, "buffer_frames": 256}
+        edge = {"cloud": f"127.0.0.1:{self.port}", "model": model, "cameras": cameras, "buffer_frames": 256,
+                "node_id": EDGE, "tls": edge_tls(dev_certs()) if tls else {"insecure": True}}
         edge.update(edge_extra or {})
         self.cloud_yaml, self.edge_yaml = tmp / "cloud.yaml", tmp / "edge.yaml"
         self.cloud_yaml.write_text(yaml.safe_dump(cloud))

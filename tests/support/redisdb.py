@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -56,24 +57,27 @@ def isolated_prefix(r: redis.Redis, prefix: str | None = None) -> Iterator[str]:
 class RedisServer:
     """A private redis-server on a free port, append-only by default so that a restart keeps its data."""
 
-    def __init__(self, tmp: Path, appendonly: bool = True) -> None:
+    def __init__(self, tmp: Path, appendonly: bool = True, password: str | None = None) -> None:
+        """`password`: the server runs with `requirepass` (its URL carries it, percent-encoded)."""
         self.exe = require_binary("redis-server", "apt-get install -y redis-server")
-        self.dir, self.port, self.appendonly = tmp, free_port(), appendonly
+        self.dir, self.port, self.appendonly, self.password = tmp, free_port(), appendonly, password
         self.services = Services(tmp)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.services.spawn("redis-server", [
             self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"])
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            *(["--requirepass", self.password] if self.password else [])])
         wait_for(self._answers, 10, f"the private redis-server on port {self.port}")
 
     def _answers(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port).ping())
+            return bool(redis.Redis(port=self.port, password=self.password).ping())
         except redis.exceptions.RedisError:
             return False
 

@@ -87,10 +87,16 @@ function push(arr, v) {
   if (arr.length > HISTORY) arr.shift();
 }
 
-function loadSnapshot(cam) {
+async function loadSnapshot(cam) {
+  // fetch (not <img src>): it carries the API key. Swap only once decoded: no flicker.
+  let r;
+  try { r = await authFetch(`api/cameras/${encodeURIComponent(cam.id)}/snapshot.jpg`); } catch (_) { return; }
+  if (!r.ok) return;
+  const url = URL.createObjectURL(await r.blob());
   const img = new Image();
-  img.onload = () => { cam.image = img; drawFrame(cam); };  // swap only once decoded: no flicker
-  img.src = api(`api/cameras/${encodeURIComponent(cam.id)}/snapshot.jpg?t=${cam.snapshotAt}`);
+  img.onload = () => { cam.image = img; drawFrame(cam); URL.revokeObjectURL(url); };
+  img.onerror = () => URL.revokeObjectURL(url);
+  img.src = url;
 }
 
 function drawFrame(cam) {
@@ -283,8 +289,45 @@ function feedStatus(cls, text) {
 
 // ----------------------------------------------------------------------------- data
 
+// The API key, asked once and kept for this browser tab only (sessionStorage); sent as a bearer
+// header. EventSource cannot send headers: it gets a short-lived ticket instead.
+const KEY_ITEM = "split-infer-api-key";
+let keyWaiters = null;
+
+function askKey(message) {
+  if (!keyWaiters) {
+    keyWaiters = [];
+    const form = document.getElementById("key-form");
+    form.hidden = false;
+    document.getElementById("key-why").textContent = message;
+    const input = document.getElementById("key-input");
+    input.value = "";
+    input.focus();
+    form.onsubmit = (ev) => {
+      ev.preventDefault();
+      sessionStorage.setItem(KEY_ITEM, input.value.trim());
+      form.hidden = true;
+      const waiting = keyWaiters;
+      keyWaiters = null;
+      for (const done of waiting) done();
+    };
+  }
+  return new Promise((done) => keyWaiters.push(done));
+}
+
+async function authFetch(path, init = {}) {
+  for (;;) {
+    const key = sessionStorage.getItem(KEY_ITEM);
+    const headers = key ? { Authorization: `Bearer ${key}` } : {};
+    const r = await fetch(api(path), { cache: "no-store", ...init, headers });
+    if (r.status !== 401) return r;
+    if (key) sessionStorage.removeItem(KEY_ITEM);
+    await askKey(key ? "That API key was refused; enter a valid one." : "This API needs a key.");
+  }
+}
+
 async function getJSON(path) {
-  const r = await fetch(api(path), { cache: "no-store" });
+  const r = await authFetch(path);
   if (!r.ok) {
     let detail = r.statusText;
     try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
@@ -322,10 +365,20 @@ async function loadInitial() {
   }
 }
 
-function connect() {
-  const es = new EventSource(api("api/live"));
+async function connect() {
+  let ticket = "";
+  try {
+    const r = await authFetch("api/live/ticket", { method: "POST" });
+    if (r.ok) ticket = (await r.json()).ticket;
+  } catch (_) { /* the feed's own errors say more */ }
+  const es = new EventSource(api("api/live" + (ticket ? `?ticket=${encodeURIComponent(ticket)}` : "")));
   es.onopen = () => { feedStatus("feed-ok", "● live"); banner(null); };
-  es.onerror = () => feedStatus("feed-bad", "reconnecting…");  // EventSource retries by itself
+  es.onerror = () => {
+    feedStatus("feed-bad", "reconnecting…");
+    // EventSource retries by itself, unless the server refused it (an expired ticket, the
+    // connection limit): then open a new one with a fresh ticket.
+    if (es.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+  };
   es.addEventListener("state", (m) => onStates(JSON.parse(m.data)));
   es.addEventListener("counts", (m) => { const c = JSON.parse(m.data); applyCounts(tileFor(c.camera), c); });
   es.addEventListener("detections", (m) => {
