@@ -16,9 +16,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from split_infer.analytics.mqtt_config import MqttConfig
 from split_infer.codec import DEFAULT_CODEC
 from split_infer.keys import CAMERA_ID_PATTERN
 from split_infer.redact import register_config
+from split_infer.secret_source import read_secret
 
 # Classes that traffic analytics count (COCO names).
 TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
@@ -99,25 +101,6 @@ class ModelConfig(Strict):
 # config gives neither: NAME holds the secret, NAME_FILE the path of a file holding it.
 EDGE_TOKEN_ENV = "SPLIT_INFER_EDGE_TOKEN"  # a variable name, not a secret  # nosec B105
 REDIS_PASSWORD_ENV = "SPLIT_INFER_REDIS_PASSWORD"  # a variable name  # nosec B105
-
-
-def read_secret(value: str | None, file: Path | None, env: str, what: str) -> str | None:
-    """`value`, else the contents of `file` (surrounding whitespace stripped), else `$env`; None if none."""
-    if value is not None and file is not None:
-        raise ValueError(f"give {what} or {what}_file, not both")
-    if file is not None:
-        try:
-            text = file.read_text().strip()
-        except OSError as e:
-            raise ValueError(f"{what}_file {file}: cannot read it ({e.strerror})") from None
-        if not text:
-            raise ValueError(f"{what}_file {file} is empty")
-        return text
-    if value is not None:
-        return value
-    if os.environ.get(f"{env}_FILE"):
-        return read_secret(None, Path(os.environ[f"{env}_FILE"]), env, f"${env}")
-    return os.environ.get(env) or None
 
 
 def redis_url_with_password(url: str, password: str | None) -> str:
@@ -222,6 +205,16 @@ class IngestSettings(Strict):
     feature_shapes: dict[str, list[int]] | None = None
     # A frame whose capture_ts is further ahead of the ingest's clock than this is rejected.
     max_clock_skew_s: float = Field(default=300.0, gt=0)
+    # Limits against abuse (docs/security.md): concurrent streams per peer host and per token (an
+    # edge node holds one), then RESOURCE_EXHAUSTED; a stream closed when its first frame does not
+    # come within first_frame_timeout_s (also the bound on a connection's TLS/HTTP2 handshake) or
+    # nothing comes for idle_timeout_s; all calls at once; HTTP/2 streams per connection.
+    max_streams_per_peer: int = Field(default=8, ge=1)
+    max_streams_per_token: int = Field(default=16, ge=1)
+    first_frame_timeout_s: float = Field(default=10.0, gt=0)
+    idle_timeout_s: float = Field(default=120.0, gt=0)
+    max_concurrent_rpcs: int = Field(default=512, ge=1)
+    max_streams_per_connection: int = Field(default=16, ge=1)
 
 
 class WorkerSettings(Strict):
@@ -292,6 +285,7 @@ class CloudConfig(Strict):
     latency_slo_ms: float = Field(default=200.0, gt=0)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    mqtt: MqttConfig | None = None  # analytics mirrors its events to this broker (docs/analytics.md, "MQTT")
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -1,5 +1,6 @@
 """Analytics events mirrored to a real Mosquitto on loopback (127.0.0.1:1883, or a private one
-started from the mosquitto binary when none runs there), Frigate topic layout."""
+started from the mosquitto binary when none runs there), the project's topic layout. Credentials,
+TLS, the default prefix and the Frigate layout: tests/test_mqtt_security.py."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from split_infer.analytics.mqtt import MqttError, MqttPublisher
+from split_infer.analytics.mqtt_config import MqttConfig
 from split_infer.analytics.service import AnalyticsService, Settings
 from split_infer.apps.processes import free_port
 from split_infer.config import CameraConfig, CloudConfig
@@ -65,7 +67,7 @@ def subscriber(broker: tuple[str, int], topic: str) -> tuple[mqtt.Client, list[t
 def test_events_and_counts_reach_mosquitto(broker, r, keys):
     topic_prefix = f"test-{uuid.uuid4().hex[:8]}"
     sub, got = subscriber(broker, f"{topic_prefix}/#")
-    pub = MqttPublisher(*broker, prefix=topic_prefix)
+    pub = MqttPublisher(MqttConfig(host=broker[0], port=broker[1], prefix=topic_prefix, tls={"insecure": True}))
     try:
         zone = {"name": f"lane{uuid.uuid4().hex[:4]}", "polygon": [(0, 150), (640, 150), (640, 235), (0, 235)]}
         cfg = CloudConfig(cameras=[CameraConfig(id="street", url="x", lines=[LINE], zones=[zone])])
@@ -88,7 +90,7 @@ def test_events_and_counts_reach_mosquitto(broker, r, keys):
         assert topics[f"{topic_prefix}/available"] == "online"
         assert topics[f"{topic_prefix}/street/lines/road/out/car"] == "4"
         assert topics[f"{topic_prefix}/street/lines/road/in/car"] == "1"
-        assert f"{topic_prefix}/street/car" in topics and f"{topic_prefix}/{zone['name']}/car" in topics
+        assert f"{topic_prefix}/street/car" in topics and f"{topic_prefix}/street/zones/{zone['name']}/car" in topics
         assert any(e["type"] == "zone_enter" and e["zone"] == zone["name"] for e in events)
     finally:
         pub.close()
@@ -104,4 +106,4 @@ def test_events_and_counts_reach_mosquitto(broker, r, keys):
 @pytest.mark.unit
 def test_unreachable_broker_is_a_clear_error():
     with pytest.raises(MqttError, match="cannot reach the MQTT broker at 127.0.0.1:1"):
-        MqttPublisher("127.0.0.1", 1)
+        MqttPublisher(MqttConfig(host="127.0.0.1", port=1, tls={"insecure": True}))

@@ -27,7 +27,7 @@ from split_infer.analytics.frames import DetectionFrame, parse_record
 from split_infer.config import CameraConfig, CloudConfig, ConfigError, load_config
 from split_infer.keys import Keys
 from split_infer.records import AnalyticsEvent, RecordError
-from split_infer.redact import redact_url, register_url
+from split_infer.redact import redact_url
 from split_infer.service import StopEvent, service_main
 from split_infer.streams import create_group
 
@@ -368,28 +368,49 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-discover", action="store_true", help="only the cameras in the config")
     ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
     ap.add_argument("--metrics-addr", default="127.0.0.1")
-    ap.add_argument("--mqtt", help="publish events to this MQTT broker, host[:port]")
-    ap.add_argument("--mqtt-prefix", default="frigate", help="MQTT topic prefix (Frigate layout)")
+    ap.add_argument("--mqtt", help="publish events to this MQTT broker, host[:port] (over the config's `mqtt` "
+                    "section: credentials, TLS, layout; docs/analytics.md)")
+    ap.add_argument("--mqtt-prefix", help="MQTT topic prefix (default: the config's, else split-infer)")
+    ap.add_argument("--mqtt-insecure", action="store_true", help="plaintext MQTT (as mqtt.tls.insecure: true)")
 
 
 def _run(args: argparse.Namespace, stop: StopEvent) -> int:
-    cfg = load_config(args.config, CloudConfig)
-    register_url(args.redis_url)  # given on the command line: not seen by load_config
-    r = redis.Redis.from_url(args.redis_url or cfg.redis_url)
+    # --redis-url goes through the config, so the password from its file or the environment is added.
+    cfg = with_mqtt_overrides(load_config(args.config, CloudConfig, {"redis_url": args.redis_url}), args)
+    r = redis.Redis.from_url(cfg.redis_url)
     mqtt = None
-    if args.mqtt:
-        from split_infer.analytics.mqtt import MqttError, MqttPublisher  # paho-mqtt, needed only with --mqtt
+    if cfg.mqtt is not None:
+        from split_infer.analytics.mqtt import MqttError, MqttPublisher  # paho-mqtt, needed only with MQTT
 
-        host, _, port = args.mqtt.partition(":")
         try:
-            mqtt = MqttPublisher(host, int(port or 1883), args.mqtt_prefix, client_id=args.consumer)
-        except (MqttError, ValueError) as e:
-            raise ConfigError(f"--mqtt {args.mqtt}: {e}") from None
+            mqtt = MqttPublisher(cfg.mqtt, client_id=args.consumer)
+        except MqttError as e:
+            raise ConfigError(f"mqtt: {e}") from None
     metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
     service = AnalyticsService(r, cfg, Settings(consumer=args.consumer, reorder_wait_s=args.reorder_wait,
                                                 discover=not args.no_discover, max_future_s=args.max_future), mqtt=mqtt)
-    log.info("analytics %s on %s", args.consumer, redact_url(args.redis_url or cfg.redis_url))
+    log.info("analytics %s on %s", args.consumer, redact_url(cfg.redis_url))
     service.run(stop)
     if mqtt is not None:
         mqtt.close()
     return 0
+
+
+def with_mqtt_overrides(cfg: CloudConfig, args: argparse.Namespace) -> CloudConfig:
+    """`cfg` with --mqtt host[:port], --mqtt-prefix and --mqtt-insecure over its `mqtt` section
+    (which --mqtt creates when the config has none)."""
+    if not args.mqtt and cfg.mqtt is None:
+        if args.mqtt_prefix or args.mqtt_insecure:
+            raise ConfigError("--mqtt-prefix and --mqtt-insecure need --mqtt or an mqtt section in the config")
+        return cfg
+    section: dict[str, Any] = cfg.mqtt.model_dump(exclude_unset=True, exclude={"password_file"}) if cfg.mqtt else {}
+    if cfg.mqtt is not None and cfg.mqtt.password:
+        section["password"] = cfg.mqtt.password  # read from its file or the environment already
+    if args.mqtt:
+        host, sep, port = args.mqtt.rpartition(":")
+        section.update({"host": host, "port": port} if sep else {"host": args.mqtt})
+    if args.mqtt_prefix:
+        section["prefix"] = args.mqtt_prefix
+    if args.mqtt_insecure:
+        section["tls"] = {"insecure": True}
+    return load_config(None, CloudConfig, {**cfg.model_dump(exclude={"mqtt", "redis_password_file"}), "mqtt": section})

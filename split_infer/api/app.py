@@ -376,7 +376,9 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     cfg = load_config(args.config, ApiConfig, overrides)
     if args.api_key_sha256:
         extra = [{"name": f"cli-{i}", "sha256": h.lower()} for i, h in enumerate(args.api_key_sha256)]
-        cfg = load_config(None, ApiConfig, {**cfg.model_dump(), "api_keys": [*cfg.model_dump()["api_keys"], *extra]})
+        # The password file is already read into redis_url: validating it again would find it twice.
+        base = cfg.model_dump(exclude={"redis_password_file"})
+        cfg = load_config(None, ApiConfig, {**base, "api_keys": [*base["api_keys"], *extra]})
     host, _, port = cfg.listen.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--listen must be host:port, got {cfg.listen!r}")

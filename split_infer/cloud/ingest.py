@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
@@ -28,6 +29,7 @@ from split_infer import metrics
 from split_infer.cloud.admission import FrameRejected, Ingest, RetryLater
 from split_infer.config import CloudConfig, EdgeToken, load_config
 from split_infer.keys import Keys
+from split_infer.model.shapes import expected_shapes
 from split_infer.proto import pb, pb_grpc
 from split_infer.redact import redact_url
 from split_infer.service import StopEvent, service_main
@@ -57,9 +59,45 @@ def match_token(tokens: Sequence[EdgeToken], presented: str | None) -> EdgeToken
     return found
 
 
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer ("ipv4:10.0.0.5:51234" -> "ipv4:10.0.0.5"): its streams share one limit."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
+class StreamSlots:
+    """Open streams per peer host and per token, each bounded (an edge node holds one)."""
+
+    def __init__(self, per_peer: int, per_token: int) -> None:
+        self.per_peer, self.per_token = per_peer, per_token
+        self.peers: Counter[str] = Counter()
+        self.tokens: Counter[str] = Counter()
+
+    def take(self, peer: str, token: str | None) -> str | None:
+        """Take a slot; or, when either bound is reached, take none and say why."""
+        if self.peers[peer] >= self.per_peer:
+            return f"{self.peers[peer]} streams open from this peer (max_streams_per_peer {self.per_peer})"
+        if token is not None and self.tokens[token] >= self.per_token:
+            return (f"{self.tokens[token]} streams open with token {token!r} "
+                    f"(max_streams_per_token {self.per_token})")
+        self.peers[peer] += 1
+        if token is not None:
+            self.tokens[token] += 1
+        return None
+
+    def give(self, peer: str, token: str | None) -> None:
+        self.peers[peer] -= 1
+        if self.peers[peer] <= 0:
+            del self.peers[peer]
+        if token is not None:
+            self.tokens[token] -= 1
+            if self.tokens[token] <= 0:
+                del self.tokens[token]
+
+
 class IngestServicer(pb_grpc.FeatureIngestServicer):
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
+        self.slots = StreamSlots(ingest.s.max_streams_per_peer, ingest.s.max_streams_per_token)
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> EdgeToken | None:
         """The caller's token entry (its cameras); None when no tokens are configured (no auth)."""
@@ -90,19 +128,45 @@ class IngestServicer(pb_grpc.FeatureIngestServicer):
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
         token = await self._authorize(context)
         peer, seen = context.peer(), set()
+        refused = self.slots.take(peer_host(peer), token.name if token else None)
+        if refused:
+            metrics.FRAMES.labels("ingest", "stream_refused").inc()
+            log.warning("stream from %s refused: %s", peer, refused)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         identity = peer_identity(context)  # the client certificate's name, under mutual TLS
         log.info("edge stream opened from %s%s%s", peer, f" (token {token.name})" if token else "",
                  f" (client certificate {identity!r})" if identity else "")
         try:
-            async for f in request_iterator:
+            async for f in self._frames(request_iterator, context):
                 ack = await self._answer(f, peer, token)
                 if ack.status == pb.Ack.OK:  # only cameras it really sent go offline when it ends
                     seen.add(f.camera_id)
                 yield ack
         finally:
+            self.slots.give(peer_host(peer), token.name if token else None)
             log.info("edge stream from %s closed", peer)
             known = [c for c in seen if c in self.ingest.cams]
             await self.ingest.mark_offline(known)
+
+    async def _frames(self, request_iterator: AsyncIterator[pb.FeatureFrame],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.FeatureFrame]:
+        """The stream's frames; the stream is closed (DEADLINE_EXCEEDED) when its first frame does not
+        come within `first_frame_timeout_s`, or no frame comes for `idle_timeout_s`."""
+        s, it = self.ingest.s, request_iterator.__aiter__()
+        timeout, what = s.first_frame_timeout_s, "first frame"
+        while True:
+            try:
+                f = await asyncio.wait_for(it.__anext__(), timeout)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                metrics.FRAMES.labels("ingest", "stream_timeout").inc()
+                log.warning("closing stream from %s: no %s within %g s", context.peer(), what, timeout)
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no {what} within {timeout:g} s: stream closed")
+                return
+            yield f
+            timeout, what = s.idle_timeout_s, "frame"
 
     async def _answer(self, f: pb.FeatureFrame, peer: str, token: EdgeToken | None) -> pb.Ack:
         """A stream's answer to one frame: never an error that would end the stream."""
@@ -124,10 +188,18 @@ class IngestServicer(pb_grpc.FeatureIngestServicer):
 def grpc_options(cfg: CloudConfig) -> list[tuple[str, int]]:
     # Room for the largest valid frame plus its snapshot and framing, so that our own size check
     # (a per-frame answer) fires before gRPC's (which would end the whole stream).
-    limit = 2 * cfg.ingest.max_payload_bytes + cfg.ingest.max_snapshot_bytes + (1 << 20)
+    s = cfg.ingest
+    limit = 2 * s.max_payload_bytes + s.max_snapshot_bytes + (1 << 20)
     return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             ("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
-            ("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_permit_without_calls", 1)]
+            ("grpc.http2.max_pings_without_data", 0), ("grpc.keepalive_permit_without_calls", 1),
+            # Against abuse: HTTP/2 streams per connection; a connection's TLS/HTTP2 handshake must
+            # finish in time; clients may ping at most every 10 s (the edge pings every 20 s), two
+            # strikes and the connection is closed; a connection with no call for 5 min is closed.
+            ("grpc.max_concurrent_streams", s.max_streams_per_connection),
+            ("grpc.server_handshake_timeout_ms", int(s.first_frame_timeout_s * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10000), ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_connection_idle_ms", 300000)]
 
 
 async def _watch(ingest: Ingest, health_srv: health.aio.HealthServicer, stop: asyncio.Event) -> None:
@@ -161,7 +233,7 @@ async def serve(cfg: CloudConfig, stop: asyncio.Event, ready: asyncio.Event | No
     """Run the ingest until `stop` is set. `bound` (if given) receives the port actually bound."""
     r = redis_client(cfg.redis_url)
     ingest = Ingest(cfg, r, keys)
-    server = grpc.aio.server(options=grpc_options(cfg))
+    server = grpc.aio.server(options=grpc_options(cfg), maximum_concurrent_rpcs=cfg.ingest.max_concurrent_rpcs)
     pb_grpc.add_FeatureIngestServicer_to_server(IngestServicer(ingest), server)
     health_srv = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_srv, server)
@@ -197,9 +269,7 @@ def with_feature_shapes(cfg: CloudConfig) -> CloudConfig:
     """Fill `ingest.feature_shapes` from the model (a dry run of its edge part) when not configured."""
     if cfg.ingest.feature_shapes:
         return cfg
-    from split_infer.cloud.head import feature_shapes  # torch, once at start-up
-
-    shapes = feature_shapes(cfg.model.name, cfg.model.cut, cfg.model.imgsz)
+    shapes = expected_shapes(cfg.model.name, cfg.model.cut, cfg.model.imgsz)  # torch in a child, cached
     log.info("expecting features %s (model %s, cut %d, imgsz %s)", shapes, cfg.model.name, cfg.model.cut,
              cfg.model.imgsz)
     ingest = cfg.ingest.model_copy(update={"feature_shapes": {k: list(v) for k, v in shapes.items()}})

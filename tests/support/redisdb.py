@@ -76,6 +76,8 @@ class RedisServer:
         wait_for(self._answers, 10, f"the private redis-server on port {self.port}")
 
     def _answers(self) -> bool:
+        if "redis-server" in self.services.dead():  # e.g. its port was taken meanwhile: say why
+            pytest.fail(f"the private redis-server exited:\n{self.services.log_tail('redis-server')}")
         try:
             return bool(redis.Redis(port=self.port, password=self.password).ping())
         except redis.exceptions.RedisError:
