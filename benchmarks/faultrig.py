@@ -14,11 +14,13 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,57 @@ class LinkProxy:
         self.listener.close()
 
 
+class StallingFeed:
+    """A camera's HTTP stream (MPEG-TS, one ffmpeg per client, paced in real time, looped) that
+    `stall()` freezes with its connections left open, as a camera whose stream hangs; `resume()`."""
+
+    def __init__(self, video: Path, log: Path) -> None:
+        self.video, self.log = video, log
+        self.stalled = threading.Event()
+        feed = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                cmd = [shutil.which("ffmpeg") or "ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+                       "-stream_loop", "-1", "-i", str(feed.video), "-c", "copy", "-f", "mpegts", "pipe:1"]
+                with open(feed.log, "ab") as err:
+                    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=err)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "video/mp2t")
+                    self.end_headers()
+                    assert proc.stdout is not None
+                    while chunk := proc.stdout.read(4096):
+                        while feed.stalled.is_set() and not feed.closed:
+                            time.sleep(0.1)
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass
+                finally:
+                    proc.kill()
+                    proc.wait()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.closed = False
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/feed.ts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def resume(self) -> None:
+        self.stalled.clear()
+
+    def stop(self) -> None:
+        self.closed = True
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @dataclass
 class Settings:
     video: Path
@@ -116,6 +169,7 @@ class Settings:
     profile_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
     with_api: bool = True
     with_analytics: bool = True
+    stalling_camera: bool = False  # the last camera reads a StallingFeed over HTTP
 
 
 class Rig:
@@ -130,6 +184,7 @@ class Rig:
         self.redis_dir.mkdir(exist_ok=True)
         self.r = redis.Redis(port=self.redis_port, socket_timeout=5)
         self.proxy = LinkProxy(self.ingest_port)
+        self.feed = StallingFeed(s.video, workdir / "feed.log") if s.stalling_camera else None
         self.sent_log, self.stats_path = workdir / "sent.jsonl", workdir / "edge-stats.json"
         self.camera_ids = [f"cam{i}" for i in range(s.cameras)]
         self.expected_down: set[str] = set()
@@ -145,6 +200,8 @@ class Rig:
         s = self.s
         model = {"name": "yolov5s", "cut": 4, "imgsz": list(s.imgsz)}
         cams = [{"id": c, "url": str(s.video), "loop": True, "fps": s.fps} for c in self.camera_ids]
+        if self.feed is not None:
+            cams[-1] = {"id": cams[-1]["id"], "url": self.feed.url, "fps": s.fps}
         certs = make_dev_certs(self.workdir / "certs", ["edge-0"])
         cloud = {"redis_url": self.redis_url, "listen": f"127.0.0.1:{self.ingest_port}", "model": model,
                  "head_runtime": "openvino", "latency_slo_ms": s.slo_ms, "cameras": cams,
@@ -238,6 +295,8 @@ class Rig:
     def stop(self) -> None:
         self.proxy.stop()
         self.children.stop_all()
+        if self.feed is not None:
+            self.feed.stop()
 
     # -- what the pipeline shows ---------------------------------------------------------------------
     def edge_stats(self) -> dict:
@@ -251,6 +310,10 @@ class Rig:
         reply: Any = self.r.xrevrange(stream, count=1) if last else self.r.xrange(stream)
         return [f for _, f in reply or []]
 
+    def entries_after(self, stream: str, last_id: str) -> list[Any]:
+        reply: Any = self.r.xrange(stream, min=f"({last_id}", max="+")
+        return list(reply or [])
+
     def api_healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/healthz", timeout=2) as resp:
@@ -263,11 +326,15 @@ class Rig:
         or after `timeout` (then what remains)."""
         deadline = time.monotonic() + timeout
         while True:
-            lag = pending = 0
+            lag = pending = 0  # counted from the ids: XINFO's own `lag` can be unknown after an AOF reload
             for c in self.camera_ids:
-                for g in self.r.xinfo_groups(self.keys.detections_stream(c)):
+                stream = self.keys.detections_stream(c)
+                for g in self.r.xinfo_groups(stream):
                     if g["name"] in (Keys.ANALYTICS_GROUP, Keys.ANALYTICS_GROUP.encode()):
-                        lag, pending = lag + (g.get("lag") or 0), pending + g["pending"]
+                        last = g["last-delivered-id"]
+                        last = last.decode() if isinstance(last, bytes) else last
+                        lag += len(self.entries_after(stream, last))
+                        pending += g["pending"]
             if (lag == pending == 0) or time.monotonic() > deadline:
                 return {"lag": lag, "pending": pending}
             time.sleep(0.5)

@@ -11,8 +11,9 @@ to the phase during which the edge extracted it, and ends as one of: acknowledge
 and then recorded, shed or dead-lettered (with the reason); dropped or rejected on the edge (with
 the reason); or never resolved because the edge itself was killed holding it. `lost` = acked and
 none of those; `doubled` = more than one detection record for one frame. `recovery_s` = seconds
-from the fault's end until a frame captured since the fault began has a record (analytics: until
-it reads a record written after the restart; the API: until /healthz answers 200).
+from the fault's end until a frame captured since the fault began has a record (a killed edge and
+the stalled camera: captured since the fault ended; analytics: until it reads a record written
+after the restart; the API: until /healthz answers 200).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from split_infer.records import DeadLetter, DetectionResult, ShedRecord
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
 FAULTS = ["worker_sigkill", "ingest_sigkill", "analytics_sigkill", "redis_sigkill_aof", "worker_sigstop_5s",
-          "link_cut_10s", "api_sigkill", "edge_sigkill"]
+          "link_cut_10s", "camera_stall_20s", "api_sigkill", "edge_sigkill"]
 Frame = tuple[str, str, int]  # camera, session, seq
 
 
@@ -70,11 +71,20 @@ def _link_cut(seconds: float) -> Callable[[Rig], float]:
     return apply
 
 
+def _camera_stall(rig: Rig) -> float:
+    assert rig.feed is not None
+    rig.feed.stall()
+    time.sleep(20.0)
+    rig.feed.resume()
+    return time.time()
+
+
 def fault_table(link_cut_s: float) -> dict[str, Callable[[Rig], float]]:
     return {"worker_sigkill": _kill_restart("worker0"), "ingest_sigkill": _kill_restart("ingest"),
             "analytics_sigkill": _kill_restart("analytics"), "redis_sigkill_aof": _kill_restart("redis"),
             "worker_sigstop_5s": _sigstop, "link_cut_10s": _link_cut(link_cut_s),
-            "api_sigkill": _kill_restart("api"), "edge_sigkill": _kill_restart("edge")}
+            "api_sigkill": _kill_restart("api"), "edge_sigkill": _kill_restart("edge"),
+            "camera_stall_20s": _camera_stall}
 
 
 def recovered(rig: Rig, fault: str, start: float, end: float) -> bool:
@@ -82,9 +92,10 @@ def recovered(rig: Rig, fault: str, start: float, end: float) -> bool:
         return rig.analytics_read_after(end)
     if fault.startswith("api"):
         return rig.api_healthy()
-    since = start if not fault.startswith("edge") else end
+    since = start if not fault.startswith(("edge", "camera")) else end
+    cams = rig.camera_ids[-1:] if fault.startswith("camera") else rig.camera_ids  # the stalled one
     try:
-        for c in rig.camera_ids:
+        for c in cams:
             for f in rig.entries(rig.keys.detections_stream(c), last=True):
                 rec = DetectionResult.from_fields(f)
                 if rec.capture_ts >= since and (rec.done_ts or 0.0) >= end:
@@ -237,6 +248,9 @@ def run(s: Settings, faults: list[str], workdir: Path, *, quiet_s: float = 15, s
                           if after.get("session") == before.get("session") else None)
             rows.append({"fault": fault, "fault_s": round(end - t0, 2), "recovery_s": rec, "revived": rig.revived,
                          "edge_reconnects": reconnects})
+            if fault.startswith("camera"):  # what the stalled camera's capture saw
+                cap = [st.get("cameras", {}).get(rig.camera_ids[-1], {}).get("capture", {}) for st in (before, after)]
+                rows[-1]["stalled_camera"] = {k: cap[1].get(k, 0) - cap[0].get(k, 0) for k in ("reconnects", "stalls")}
         marks.append(boundary(rig))  # frames after this: the drain phase, counted with the last row
         rig.expected_down.add("edge")
         rig.children.terminate("edge", 120)
@@ -284,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.video.exists() or any(f not in FAULTS for f in faults):
         print(f"missing video {args.video} or unknown fault in {faults}", file=sys.stderr)
         return 1
-    s = Settings(args.video, args.cameras, args.fps, args.workers)
+    s = Settings(args.video, args.cameras, args.fps, args.workers, stalling_camera="camera_stall_20s" in faults)
     ensure_edge_ir("yolov5s", 4, s.imgsz)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
