@@ -203,6 +203,7 @@ def test_mqtt_config_secrets_tls_and_prefix(tmp_path, monkeypatch):
     path.write_text("mqtt: {user: u, password: '${MQ_PW}'}\n")
     assert load_config(path, CloudConfig).mqtt.password == "Yaml-mqtt-pw-99"
     assert redact("connect failed for Yaml-mqtt-pw-99") == "connect failed for ***"
-    path.write_text("mqtt: {user: u, pasword: x}\n")
-    with pytest.raises(ConfigError, match="mqtt.pasword"):
+    # a misspelt key is an error, not a silently ignored setting (extra="forbid")
+    path.write_text("mqtt: {user: u, pass_word: x}\n")
+    with pytest.raises(ConfigError, match="mqtt.pass_word"):
         load_config(path, CloudConfig)
