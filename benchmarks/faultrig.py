@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from split_infer.apps.demo import middle_line  # noqa: E402
 from split_infer.apps.processes import Children, StartError, free_port, wait_log  # noqa: E402
 from split_infer.certs import make_dev_certs  # noqa: E402
 from split_infer.keys import Keys  # noqa: E402
@@ -190,6 +191,7 @@ class Rig:
         self.expected_down: set[str] = set()
         self.revived: list[str] = []
         self.generation: dict[str, int] = {}  # restarts per service (their log file names)
+        self.line = middle_line(s.video)
         self._write_configs()
 
     @property
@@ -199,9 +201,11 @@ class Rig:
     def _write_configs(self) -> None:
         s = self.s
         model = {"name": "yolov5s", "cut": 4, "imgsz": list(s.imgsz)}
-        cams = [{"id": c, "url": str(s.video), "loop": True, "fps": s.fps} for c in self.camera_ids]
+        # every camera counts crossings of a vertical line through the middle of the frame (as the demo)
+        cams = [{"id": c, "url": str(s.video), "loop": True, "fps": s.fps, "lines": [self.line]}
+                for c in self.camera_ids]
         if self.feed is not None:
-            cams[-1] = {"id": cams[-1]["id"], "url": self.feed.url, "fps": s.fps}
+            cams[-1] = {"id": cams[-1]["id"], "url": self.feed.url, "fps": s.fps, "lines": [self.line]}
         certs = make_dev_certs(self.workdir / "certs", ["edge-0"])
         cloud = {"redis_url": self.redis_url, "listen": f"127.0.0.1:{self.ingest_port}", "model": model,
                  "head_runtime": "openvino", "latency_slo_ms": s.slo_ms, "cameras": cams,

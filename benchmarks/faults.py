@@ -35,9 +35,12 @@ from pathlib import Path
 
 from faultrig import ROOT, Rig, Settings
 from report import emit
+from split_infer.analytics.camera import CameraAnalytics
+from split_infer.analytics.frames import parse_record
 from split_infer.apps.processes import StartError
+from split_infer.config import CameraConfig
 from split_infer.model.export import ensure_edge_ir
-from split_infer.records import DeadLetter, DetectionResult, ShedRecord
+from split_infer.records import AnalyticsEvent, DeadLetter, DetectionResult, ShedRecord
 
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "street-640x360.mp4"
 FAULTS = ["worker_sigkill", "ingest_sigkill", "analytics_sigkill", "redis_sigkill_aof", "worker_sigstop_5s",
@@ -185,6 +188,47 @@ def account(ledger: dict, frames: set[Frame]) -> dict:
     return row
 
 
+def read_crossings(rig: Rig, sessions: list[str]) -> tuple[Counter[Frame], Counter[Frame]]:
+    """Line crossings per frame: those the live analytics service published (its events streams; an
+    event names camera, seq and capture ts, matched to the detection record with that camera and seq
+    and the nearest capture ts, for the session), and the reference: a fresh offline CameraAnalytics
+    with the same line run over every detection record that exists, per camera, in capture order
+    (sessions in the order they ran, then seq; a doubled record once)."""
+    order = {s: i for i, s in enumerate(sessions)}
+    live: Counter[Frame] = Counter()
+    ref: Counter[Frame] = Counter()
+    for c in rig.camera_ids:
+        recs = {}
+        for f in rig.entries(rig.keys.detections_stream(c)):
+            fr = parse_record(f)
+            recs.setdefault((fr.session or "", fr.seq), fr)
+        by_seq: dict[int, list[tuple[float, str]]] = defaultdict(list)
+        for (sess, seq), fr in recs.items():
+            by_seq[seq].append((fr.capture_ts, sess))
+        for f in rig.entries(rig.keys.events_stream(c)):
+            ev = AnalyticsEvent.from_fields(f)
+            if ev.type == "line_cross" and by_seq.get(ev.seq):
+                sess = min(by_seq[ev.seq], key=lambda t: abs(t[0] - ev.ts))[1]
+                live[(c, sess, ev.seq)] += 1
+        offline = CameraAnalytics(CameraConfig.model_validate({"id": c, "url": "redis", "lines": [rig.line]}))
+        for (sess, seq), fr in sorted(recs.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1])):
+            n = sum(ev.type == "line_cross" for ev in offline.process(fr))
+            if n:
+                ref[(c, sess, seq)] += n
+    return live, ref
+
+
+def crossings_row(live: Counter[Frame], ref: Counter[Frame], frames: set[Frame], captured: int,
+                  baseline: float | None) -> dict:
+    """A phase's crossings: live, reference, and the live rate per 100 captured frames against the
+    no-fault phase's rate (`baseline`; None for the no-fault phase itself)."""
+    n_live, n_ref = sum(live[f] for f in frames), sum(ref[f] for f in frames)
+    rate = round(100 * n_live / captured, 2) if captured else None
+    ratio = round(rate / baseline, 2) if rate is not None and baseline else None
+    return {"crossings": n_live, "crossings_reference": n_ref, "crossings_per_100_frames": rate,
+            "crossings_rate_vs_no_fault": ratio}
+
+
 def phase_frames(ledger: dict, marks: list[dict[str, tuple[str, int]]], session_end: dict[str, dict[str, int]],
                  sessions: list[str]) -> list[set[Frame]]:
     """Frames of each phase: extracted between mark i and mark i+1 (sessions in the order they ran)."""
@@ -268,9 +312,17 @@ def run(s: Settings, faults: list[str], workdir: Path, *, quiet_s: float = 15, s
         for row, frames in zip(rows, per_phase, strict=True):
             row.update(account(ledger, frames))
         totals = account(ledger, set().union(*per_phase))
+        backlog = rig.analytics_backlog() if s.with_analytics else None  # all read: its events are written
+        if s.with_analytics:
+            live, ref = read_crossings(rig, sessions)
+            base = None
+            for i, (row, frames) in enumerate(zip(rows, per_phase, strict=True)):
+                row.update(crossings_row(live, ref, frames, row["captured"], base))
+                base = row["crossings_per_100_frames"] if i == 0 else base  # the no-fault phase's rate
+            totals.update(crossings_row(live, ref, set().union(*per_phase), totals["captured"], base))
         return {"rows": rows, "totals": totals, "drained_s": drained, "seconds": round(time.time() - t_start, 1),
                 "edge_final": {k: final.get(k) for k in ("session", "reconnects", "undelivered")},
-                "analytics_backlog": rig.analytics_backlog() if s.with_analytics else None}
+                "analytics_backlog": backlog}
     finally:
         rig.stop()
 

@@ -6,10 +6,12 @@ dead-lettered with its reason (benchmarks/faults.py runs the full matrix; docs/r
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from faultrig import Settings
-from faults import account, phase_frames, run
+from faults import account, crossings_row, phase_frames, run
 from split_infer.model.export import ensure_edge_ir
 from support.data import street_video
 
@@ -64,3 +66,18 @@ def test_the_ledger_counts_lost_doubled_and_reasons_per_phase():
     # phases: marks at seq 0 and 4; seq 9 is known only from the session's last counter
     phases = phase_frames(ledger, [{"c": ("s1", 0)}, {"c": ("s1", 4)}], {"s1": {"c": 10}}, ["s1"])
     assert [sorted(q for _, _, q in p) for p in phases] == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
+
+
+@pytest.mark.unit
+def test_crossings_per_phase_against_the_no_fault_rate():
+    """A phase's crossings are those of its frames, live and reference side by side, and its live
+    rate per 100 captured frames is set against the no-fault phase's rate."""
+    live = Counter({("c", "s1", 1): 1, ("c", "s1", 3): 2, ("c", "s2", 0): 1})
+    ref = Counter({("c", "s1", 1): 1, ("c", "s1", 3): 2, ("c", "s1", 5): 1, ("c", "s2", 0): 1})
+    quiet = crossings_row(live, ref, {("c", "s1", q) for q in range(4)}, 4, None)
+    assert quiet == {"crossings": 3, "crossings_reference": 3, "crossings_per_100_frames": 75.0,
+                     "crossings_rate_vs_no_fault": None}
+    fault = crossings_row(live, ref, {("c", "s1", 4), ("c", "s1", 5), ("c", "s2", 0)}, 3, 75.0)
+    assert fault["crossings"] == 1 and fault["crossings_reference"] == 2  # one crossing analytics missed
+    assert fault["crossings_per_100_frames"] == 33.33 and fault["crossings_rate_vs_no_fault"] == 0.44
+    assert crossings_row(live, ref, set(), 0, 75.0)["crossings_per_100_frames"] is None
