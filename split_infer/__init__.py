@@ -5,4 +5,9 @@ streams compressed feature tensors; the cloud runs the rest of the network (the 
 Importing this package imports nothing heavy: the edge must stay free of torch.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one source of the version is pyproject.toml, read from the installed metadata
+    __version__ = version("split-infer")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

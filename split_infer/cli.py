@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from split_infer import __version__
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("split_infer.apps.detect", "run detection on an image, video or URL (edge + head in one process)"),
     "weights": ("split_infer.model.weights", "fetch and convert model weights (weights pull yolov5s)"),
@@ -21,11 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "api": ("split_infer.api.app", "HTTP read API and dashboard"),
     "demo": ("split_infer.apps.demo", "the whole pipeline on one machine"),
     "certs": ("split_infer.certs", "development CA and TLS certificates (certs dev --out DIR)"),
+    "config": ("split_infer.config_cli", "check config files (config check FILE...), print their JSON Schema"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: split-infer COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: split-infer [-h | -V] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -34,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"split-infer {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -165,6 +165,9 @@ class EdgeConfig(Strict):
     inflight_frames: int = Field(default=16, ge=1)  # gRPC window
     infer_requests: int = Field(default=2, ge=1)  # OpenVINO async requests in flight across cameras
     threads: int | None = Field(default=None, ge=1)  # OpenVINO CPU threads for the edge; None: all cores
+    # OpenVINO inference precision; auto: the fastest within tolerance, measured once per device and
+    # model at start-up and cached (split_infer/edge/precision.py).
+    precision: Literal["auto", "f32", "bf16", "int8"] = "auto"
     metrics_port: int | None = None  # serve Prometheus /metrics here; None = off
     metrics_addr: str = "127.0.0.1"
     cameras: list[CameraConfig] = Field(default_factory=list)

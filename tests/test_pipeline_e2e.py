@@ -17,6 +17,8 @@ import cv2
 import pytest
 
 from split_infer.apps.detect import SplitDetector
+from split_infer.edge.extractor import EdgeExtractor
+from split_infer.model.export import ensure_edge_ir
 from support.media import HttpFeed, clip
 from support.pipeline import IMGSZ, Pipeline, duplicates
 from support.wait import wait_for
@@ -61,8 +63,9 @@ def eight_cameras(tmp_path):
     cams = [{"id": f"file{i}", "url": str(video), "realtime": False} for i in range(7)]
     cams.append({"id": "http0", "url": feed.url})
     # q8-zstd: the comparison below is with the in-process split on the very same codes (the
-    # default video codec is covered end to end by the demo test)
-    pipe = Pipeline(tmp_path, db=13, cameras=cams, edge_extra={"codec": "q8-zstd"})
+    # default video codec is covered end to end by the demo test). The edge's precision is pinned:
+    # `auto` picks bf16 or f32 by measuring the machine, and the reference must run the same.
+    pipe = Pipeline(tmp_path, db=13, cameras=cams, edge_extra={"codec": "q8-zstd", "precision": "f32"})
     yield pipe, video, feed
     pipe.stop()
     feed.stop()
@@ -118,6 +121,7 @@ def test_eight_cameras_every_frame_accounted_for_and_equal_to_in_process(eight_c
 
     # Same detections as the in-process split (edge OpenVINO -> q8-zstd -> head) on the same frames.
     det = SplitDetector("yolov5s", 4, IMGSZ, codec="q8-zstd", head_runtime="openvino")
+    det.extractor = EdgeExtractor(ensure_edge_ir("yolov5s", 4, IMGSZ), precision="f32")  # as the edge runs
     cap = cv2.VideoCapture(str(video))
     reference = []
     for _ in range(FRAMES):

@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from split_infer import metrics
+from split_infer import __version__, metrics
 from split_infer.api.auth import TICKET_TTL_S, ApiAuth, SecurityHeaders, new_key, require_read
 from split_infer.api.live import Client, LiveHub
 from split_infer.api.models import (
@@ -149,7 +149,7 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
 
     app = FastAPI(
         title="split-infer read API",
-        version="0.1.0",
+        version=__version__,
         description="Cameras, detections, counts and events of the split-inference pipeline, "
         "read from Redis; a live feed over Server-Sent Events; the operator dashboard at /.",
         lifespan=lifespan,

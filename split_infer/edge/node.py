@@ -27,15 +27,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from split_infer import metrics
 from split_infer.config import EDGE_TOKEN_ENV, CameraConfig, ConfigError, EdgeConfig, load_config
 from split_infer.edge.capture import CaptureState
 from split_infer.edge.extractor import EdgeExtractor
 from split_infer.edge.ledger import Ledger
 from split_infer.edge.outbox import Outbox
+from split_infer.edge.precision import Choice, sample_frames, select_precision
 from split_infer.edge.scheduler import FrameScheduler
 from split_infer.edge.transport import IngestLink
 from split_infer.model.export import default_ir_dir
+from split_infer.redact import redact_url
 from split_infer.service import StopEvent, service_main
 
 if TYPE_CHECKING:
@@ -60,7 +64,27 @@ def load_extractor(cfg: EdgeConfig) -> EdgeExtractor:
             f"edge: no exported edge model in {model_dir}; create it (on a machine with the cloud extra) with\n"
             f"  split-infer export --model {cfg.model.name} --cut {cfg.model.cut} --imgsz {w}x{h} --out {model_dir}")
     config = {"INFERENCE_NUM_THREADS": cfg.threads} if cfg.threads else None
-    return EdgeExtractor(model_dir, cfg.device, config=config)
+    try:
+        choice = choose_precision(cfg, model_dir, config)
+    except ValueError as e:
+        raise SystemExit(f"edge: {e}") from None
+    extractor = EdgeExtractor(choice.model_dir, cfg.device, precision=choice.hint, config=config)
+    extractor.precision = choice.precision
+    return extractor
+
+
+def choose_precision(cfg: EdgeConfig, model_dir: Path, config: dict[str, Any] | None) -> Choice:
+    """cfg.precision if explicit, else the fastest within tolerance measured on this device (cached)."""
+    if cfg.precision != "auto":
+        return select_precision(model_dir, cfg.device, cfg.precision)
+
+    def frames() -> list[np.ndarray]:  # read only when the choice is not cached
+        batches, source = sample_frames(model_dir, [c.url for c in cfg.cameras])
+        log.info("edge precision: measuring on %d frame(s) from %s", len(batches), redact_url(source))
+        return batches
+
+    props = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
+    return select_precision(model_dir, cfg.device, "auto", frames=frames, props=props, threads=cfg.threads)
 
 
 class EdgeNode:
