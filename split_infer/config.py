@@ -273,6 +273,16 @@ class EdgeToken(Strict):
         return "*" in self.cameras or camera in self.cameras
 
 
+def with_redis_secret(redis_url: str, password_file: Path | None) -> str:
+    """`redis_url` with the password from `password_file` or $SPLIT_INFER_REDIS_PASSWORD put in."""
+    password = read_secret(None, password_file, REDIS_PASSWORD_ENV, "redis_password")
+    if password and urlsplit(redis_url).password is None:
+        return redis_url_with_password(redis_url, password)
+    if password_file is not None:
+        raise ValueError("redis_url already holds a password: give it in one place only")
+    return redis_url
+
+
 class CloudConfig(Strict):
     # redis:// or rediss:// (TLS: ?ssl_ca_certs=/path/ca.pem), ACL user as redis://user@host; the
     # password from redis_password_file or $SPLIT_INFER_REDIS_PASSWORD, never in the YAML.
@@ -308,11 +318,7 @@ class CloudConfig(Strict):
 
     @model_validator(mode="after")
     def _secret_redis_password(self) -> CloudConfig:
-        password = read_secret(None, self.redis_password_file, REDIS_PASSWORD_ENV, "redis_password")
-        if password and urlsplit(self.redis_url).password is None:
-            self.redis_url = redis_url_with_password(self.redis_url, password)
-        elif self.redis_password_file is not None:
-            raise ValueError("redis_url already holds a password: give it in one place only")
+        self.redis_url = with_redis_secret(self.redis_url, self.redis_password_file)
         return self
 
 
@@ -341,11 +347,7 @@ class ApiConfig(Strict):
 
     @model_validator(mode="after")
     def _secret_redis_password(self) -> ApiConfig:
-        password = read_secret(None, self.redis_password_file, REDIS_PASSWORD_ENV, "redis_password")
-        if password and urlsplit(self.redis_url).password is None:
-            self.redis_url = redis_url_with_password(self.redis_url, password)
-        elif self.redis_password_file is not None:
-            raise ValueError("redis_url already holds a password: give it in one place only")
+        self.redis_url = with_redis_secret(self.redis_url, self.redis_password_file)
         return self
 
 
