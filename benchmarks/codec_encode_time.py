@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                  "encode_ms_median": round(float(np.median(encode_s)) * 1e3, 2),
                  "encode_ms_min": round(float(np.min(encode_s)) * 1e3, 2)})
     print(json.dumps(rows[-1]), file=sys.stderr)
-    from rate_fidelity import machine
+    from report import machine
 
     print(json.dumps({"benchmark": "codec_encode_time", "threads": 1, "frames": len(feats), "start": args.start,
                       "video": args.video, "machine": machine(), "rows": rows}, indent=1))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -34,7 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from faultrig import ROOT, Rig, Settings
-from report import emit
+from report import emit, machine
 from split_infer.analytics.camera import CameraAnalytics
 from split_infer.analytics.frames import parse_record
 from split_infer.apps.processes import StartError
@@ -327,13 +326,6 @@ def run(s: Settings, faults: list[str], workdir: Path, *, quiet_s: float = 15, s
         rig.stop()
 
 
-def machine() -> dict:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
-            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="write the result here too")
@@ -364,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     out = {"benchmark": "faults", "cameras": s.cameras, "fps_per_camera": s.fps, "workers": s.workers,
            "video": args.video.name, "redis": "embedded, appendonly yes, appendfsync always",
-           **result, "machine": machine()}
+           **result, "machine": {**machine(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}}
     emit(out, args.json)
     return 0
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bdrate import bd_rate, bytes_at, lower_hull  # noqa: E402
 from evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatches, eligible_classes  # noqa: E402
+from report import machine  # noqa: E402
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
 from split_infer.codec.basis import Basis, resolve  # noqa: E402
 from split_infer.model.export import video_frames  # noqa: E402
@@ -314,18 +314,6 @@ def plot(res: dict, path: str) -> None:
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-
-
-def machine() -> dict:
-    info = {"processor": platform.processor() or platform.machine(), "cores": __import__("os").cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name"))
-        flags = next(ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags"))
-        info["flags"] = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def calibrate_basis(args, work: Path) -> dict:

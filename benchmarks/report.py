@@ -1,9 +1,13 @@
-"""How every benchmark reports: the JSON result on stdout, and in a file when asked."""
+"""How every benchmark reports: the JSON result on stdout, and in a file when asked, with the machine."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
+
+from split_infer.edge.precision import cpu_info
 
 
 def emit(result: dict, path: Path | None) -> None:
@@ -12,3 +16,9 @@ def emit(result: dict, path: Path | None) -> None:
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
+
+
+def machine() -> dict:
+    """CPU model and the flags that decide bf16/INT8 speed (the edge's own reading), cores, platform."""
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "flags": cpu["flags"], "cores": os.cpu_count(), "platform": platform.platform()}
