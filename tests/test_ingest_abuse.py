@@ -65,6 +65,7 @@ async def silent_stream(stub: pb_grpc.FeatureIngestStub, token: str,
 
 
 @pytest.mark.redis
+@pytest.mark.e2e  # starts real servers or a torch child: out of make test-fast
 def test_streams_are_bounded_per_peer_and_per_token_and_silent_ones_are_closed(r, keys):
     """Regression: any number of streams could be held open, sending nothing, for ever."""
     cfg = CloudConfig.model_validate(settings(max_streams_per_peer=6))

@@ -17,7 +17,7 @@ from split_infer.proto import pb, pb_grpc
 from support.cloud import SHAPES, IngestThread, features, frame
 from support.redisdb import REDIS_URL
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.e2e]  # ~5 s of hypothesis: out of make test-fast
 
 EXPECTED = {k: list(v[1:]) for k, v in SHAPES.items()}
 MAX_PAYLOAD = 16 << 10

@@ -22,6 +22,7 @@ print(json.dumps({"shapes": {k: list(v) for k, v in s.items()}, "torch": "torch"
 """
 
 
+@pytest.mark.e2e  # starts real servers or a torch child: out of make test-fast
 def test_shapes_come_from_a_child_and_match_the_model_without_torch_here(tmp_path):
     yolov5s_ready()
     # A fresh cache dir, so the shapes are measured, with the converted weights linked into it.

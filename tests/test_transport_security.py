@@ -221,6 +221,7 @@ class SecuredRedis:
 
 
 @pytest.mark.redis
+@pytest.mark.e2e  # starts real servers or a torch child: out of make test-fast
 def test_redis_acl_user_password_and_tls_reach_every_service_and_a_wrong_password_is_clear(tmp_path, monkeypatch,
                                                                                            caplog):
     certs = dev_certs()
