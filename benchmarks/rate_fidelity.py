@@ -37,6 +37,7 @@ from evaluation import NMS_IOU, RANK_CONF, REF_CONF, TRAFFIC_CLASSES, FrameMatch
 from report import machine  # noqa: E402
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
 from split_infer.codec.basis import Basis, resolve  # noqa: E402
+from split_infer.codec.learned import LearnedModel  # noqa: E402
 from split_infer.model.export import video_frames  # noqa: E402
 from split_infer.model.postprocess import non_max_suppression  # noqa: E402
 from split_infer.model.preprocess import content, letterbox, parse_imgsz  # noqa: E402
@@ -49,6 +50,9 @@ JPEG_QUALITIES = (5, 10, 20, 30, 45, 60, 75, 90, 100)
 X26X_CRFS = (43, 39, 35, 31, 27, 23, 19, 15, 11)
 AV1_CRFS = (58, 52, 46, 40, 34, 28, 22)
 VIDEO_CODEC_CRFS = (40, 36, 33, 30, 27, 24, 21, 18, 15)
+# A learned latent is trained on integer codes spanning a few tens of steps, not on 8-bit z-scores:
+# its curve lies at lower CRFs.
+LEARNED_CRFS = (36, 32, 28, 25, 22, 19, 16, 13, 10, 7, 4, 0)
 TEMPORAL_SETTINGS = tuple(dict(bits=b, deadzone=d, key_interval=30) for b, d in ((3, 3), (4, 2), (5, 2), (6, 1),
                                                                                  (8, 1)))
 
@@ -345,6 +349,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="comma list of ends, jpeg, x264, x265, av1, video, temporal")
     ap.add_argument("--cross-basis", action="append", default=[],
                     help="a basis calibrated on another clip (path or shipped name): the cross-camera row")
+    ap.add_argument("--reduction", action="append", default=[], metavar="LABEL=PATH",
+                    help="a learned bottleneck (split-infer codec train) coded by the video codec: family "
+                         "video-h264+LABEL; its training record comes from the model file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot")
@@ -367,6 +374,18 @@ def video_variants(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str
         copy = work / f"cross-{Path(path).name.removesuffix('.basis.npz')}.basis.npz"  # where the decoder looks
         copy.write_bytes(resolve(path).read_bytes())
         variants.append(("video-h264+cross-basis", "h264", "veryfast", str(copy)))
+    for spec in args.reduction:
+        label, _, path = spec.partition("=")
+        if not label or not path:
+            raise SystemExit(f"--reduction wants LABEL=PATH, got {spec!r}")
+        meta = LearnedModel.load(path).meta
+        training.append({"model": path, "label": label, "trained_on": meta.get("trained_on"),
+                         "fine_tuned_from": meta.get("fine_tuned_from"), "command": meta.get("command"),
+                         "steps": meta.get("steps"), "train_seconds": meta.get("train_seconds"),
+                         "threads": meta.get("threads")})
+        copy = work / f"{label}.npz"  # where the decoder looks
+        copy.write_bytes(Path(path).read_bytes())
+        variants.append((f"video-h264+{label}", "h264", "veryfast", str(copy)))
     return variants, training
 
 
@@ -374,9 +393,10 @@ def run_video(b: Bench, args: argparse.Namespace, work: Path) -> tuple[list[str]
     """Sweep every video codec family; returns their names and the bases' training records."""
     variants, training = video_variants(args, work)
     for fam, inner, preset, basis in variants:
-        b.sweep(VIDEO_CODEC_CRFS, lambda c, fam=fam, inner=inner, preset=preset, basis=basis: b.codec(
+        crfs = LEARNED_CRFS if basis and not basis.endswith(".basis.npz") else VIDEO_CODEC_CRFS
+        b.sweep(crfs, lambda c, fam=fam, inner=inner, preset=preset, basis=basis: b.codec(
             fam, "video", dict(inner=inner, preset=preset, crf=c, key_interval=b.gop, cut=args.cut,
-                               **({"basis": basis} if basis else {})), learned_dir=str(work)))
+                               **({"reduction": basis} if basis else {})), learned_dir=str(work)))
     return [fam for fam, *_ in variants], training
 
 

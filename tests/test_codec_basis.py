@@ -67,7 +67,7 @@ def test_video_stream_with_a_basis_decodes_where_the_cloud_has_the_file(tmp_path
     x = low_rank(6, 4, seed=3)
     b = from_features(x, np.eye(C), 4, {"tensor": "x4"})
     path = b.save(tmp_path / "cam.basis.npz")
-    enc = make_encoder("video", basis=str(path), crf=0, key_interval=3)
+    enc = make_encoder("video", reduction=str(path), crf=0, key_interval=3)
     payloads = [enc.encode({"x4": f[None]}) for f in x]
     dec = make_decoder(learned_dir=str(tmp_path))
     for f, p in zip(x, payloads, strict=True):
@@ -77,7 +77,7 @@ def test_video_stream_with_a_basis_decodes_where_the_cloud_has_the_file(tmp_path
     with pytest.raises(CodecError, match="not found"):
         make_decoder().decode(payloads[0])  # no folder holds this basis
     with pytest.raises(CodecError, match="reduces exactly"):
-        make_encoder("video", basis=str(path)).encode({"x3": x[:1]})
+        make_encoder("video", reduction=str(path)).encode({"x3": x[:1]})
 
 
 def test_the_shipped_basis_fits_yolov5s_cut_4() -> None:

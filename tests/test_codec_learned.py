@@ -8,24 +8,35 @@ import numpy as np
 import pytest
 import torch
 
-from split_infer.codec import CodecError, make_decoder, make_encoder
+from split_infer.codec import CodecError, bottleneck, make_decoder, make_encoder
+from split_infer.codec.bottleneck import conv
 from split_infer.codec.cli import main
-from split_infer.codec.learned import LearnedModel, conv
-from split_infer.codec.train import build, save
+from split_infer.codec.learned import LearnedModel
+from split_infer.codec.train import TorchBottleneck, save
 from split_infer.codec.wire import unpack
 from support.data import street_video
 
 pytestmark = pytest.mark.unit
 
 
+ARCH = bottleneck.layout(res_blocks=1)
+
+
+def small_net() -> TorchBottleneck:
+    torch.manual_seed(0)
+    net = TorchBottleneck(ARCH, bottleneck.init_shapes(32, 6, 16, 24, res_blocks=1), channels=6)
+    with torch.no_grad():  # a residual block that is not the identity, so the test can see it
+        for k, v in net.weights().items():
+            if k.startswith("dec_r0.b"):
+                v.normal_(0, 0.05)
+    return net
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = build(channels=6, hidden=16, dec_hidden=24, cin=32)
-    with torch.no_grad():
-        net.enc2.weight.mul_(4)  # spread the latent over several integer steps
     path = tmp_path_factory.mktemp("learned") / "m.npz"
-    save(net, str(path), {"cut": 4, "tensor": "x4", "trained_on": {"video": "synthetic", "frames": [0, 0]}})
+    save(small_net().arrays(), str(path), {"cut": 4, "tensor": "x4", "architecture": ARCH,
+                                           "trained_on": {"video": "synthetic", "frames": [0, 0]}})
     return path
 
 
@@ -48,8 +59,8 @@ def test_numpy_conv_matches_torch() -> None:
 
 def test_numpy_runtime_matches_the_trained_network(model_file: Path) -> None:
     m = LearnedModel.load(model_file)
-    net = build(6, hidden=16, dec_hidden=24, cin=32)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in m.weights.items()})
+    assert (m.channels, m.components, m.arch) == (32, 6, ARCH)
+    net = small_net()
     x = feats()
     with torch.no_grad():
         y_ref = net.encode(torch.from_numpy(x)).numpy()
@@ -125,12 +136,13 @@ def test_cli_trains_and_fine_tunes_on_real_footage(tmp_path: Path, capsys) -> No
     workflow, not the quality), then a per-camera fine-tune from it, then `codec info`."""
     video = street_video()
     base, tuned = tmp_path / "base.npz", tmp_path / "cam.npz"
-    assert main(["train", "--video", str(video), "--frames", "0:8", "--every", "4", "--pretrain-steps", "2",
-                 "--steps", "1", "--batch", "2", "--threads", "1", "--out", str(base)]) == 0
-    assert main(["train", "--video", str(video), "--frames", "8:12", "--every", "4", "--init", str(base),
-                 "--pretrain-steps", "1", "--steps", "0", "--batch", "2", "--threads", "1", "--out", str(tuned)]) == 0
+    assert main(["train", "--footage", f"{video}@0:8/4", "--steps", "2", "--batch", "2", "--threads", "1",
+                 "--out", str(base)]) == 0
+    assert main(["train", "--footage", f"{video}@8:12/4", "--init", str(base), "--steps", "1", "--batch", "2",
+                 "--threads", "1", "--out", str(tuned)]) == 0
     m = LearnedModel.load(tuned)
-    assert m.meta["trained_on"]["frames"] == [8, 12] and m.meta["trained_on"]["fine_tuned_from"] == str(base)
+    assert m.meta["steps"] == 1 and m.meta["architecture"] == LearnedModel.load(base).arch
+    assert m.meta["trained_on"][0]["frames"] == [8, 12] and m.meta["fine_tuned_from"] == str(base)
     assert m.model_id != LearnedModel.load(base).model_id
     capsys.readouterr()
     assert main(["info", str(tuned)]) == 0
@@ -138,3 +150,30 @@ def test_cli_trains_and_fine_tunes_on_real_footage(tmp_path: Path, capsys) -> No
     x = np.random.default_rng(0).random((1, 128, 48, 80), np.float32)
     p = make_encoder(f"learned:{tuned}").encode({"x4": x})
     assert make_decoder(learned_dir=str(tmp_path)).decode(p)["x4"].shape == (1, 128, 48, 80)
+
+
+def test_video_codec_carries_a_learned_latent_at_its_trained_step(model_file: Path) -> None:
+    """`video:<learned.npz>`: the learned encoder's latent in the mosaic, coded on integer steps
+    around the key frame's channel means; with a lossless inner codec the cloud gets exactly the
+    decoder applied to those codes."""
+    m = LearnedModel.load(model_file)
+    enc = make_encoder(f"video-crf0:{model_file}", key_interval=3)
+    dec = make_decoder(learned_dir=str(model_file.parent))
+    offset = None
+    for i in range(5):
+        x = feats(i)
+        p = enc.encode({"x4": x})
+        frame = unpack(p)
+        assert frame.codec == "video" and frame.params["reduction"] == m.model_id and frame.key == (i % 3 == 0)
+        (t,) = frame.tensors
+        assert t.shape == (1, m.components, 12, 20)
+        if frame.key:
+            scale, offset = t.affine()
+            assert np.all(scale == m.code_step)
+        assert offset is not None
+        y = m.encode(x)
+        codes = np.clip(np.round((y - offset[None, :, None, None]) / m.code_step), 0, 255)
+        want = m.decode(codes * m.code_step + offset[None, :, None, None])
+        np.testing.assert_allclose(dec.decode(p)["x4"], want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(CodecError, match="not found"):
+        make_decoder().decode(make_encoder(f"video:{model_file}").encode({"x4": feats()}))

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from split_infer.cloud.head import Head
-from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
+from split_infer.codec import DEFAULT_CODEC, bottleneck, make_decoder, make_encoder
 from split_infer.codec.basis import Basis, resolve
 from split_infer.codec.learned import LearnedModel
-from split_infer.codec.train import build, save
+from split_infer.codec.train import TorchBottleneck, save
 from split_infer.edge.extractor import EdgeExtractor, ExtractorError, check_device
 from split_infer.model.export import export_edge
 from split_infer.model.loading import load_model
@@ -124,10 +124,12 @@ def test_head_detects_from_openvino_features_and_honours_its_thread_setting(ir_d
 @pytest.mark.e2e
 def test_learned_codec_encoder_runs_inside_the_edge_ir(tmp_path):
     torch.manual_seed(0)
-    net = build(channels=6, hidden=16, dec_hidden=24, cin=128)  # an untrained bottleneck: the plumbing is tested
+    arch = bottleneck.layout(res_blocks=1)  # an untrained bottleneck: the plumbing is tested
+    net = TorchBottleneck(arch, bottleneck.init_shapes(128, 6, 16, 24, res_blocks=1), channels=6)
     codec = tmp_path / "models" / "street.npz"
     codec.parent.mkdir()
-    save(net, str(codec), {"cut": 4, "tensor": "x4", "trained_on": {"video": "synthetic", "frames": [0, 0]}})
+    save(net.arrays(), str(codec), {"cut": 4, "tensor": "x4", "architecture": arch,
+                                    "trained_on": {"video": "synthetic", "frames": [0, 0]}})
     ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=codec)
     meta = json.loads((ir / "edge.json").read_text())
     assert meta["outputs"] == [{"name": "z", "shape": [6, 24, 40], "dtype": "float32"}]

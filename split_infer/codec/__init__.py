@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 # Importing learned and video registers their frame decoders.
-from split_infer.codec import basis, learned, video
+from split_infer.codec import learned, reduction, video
 from split_infer.codec.adaptive import AdaptiveEncoder, AdaptiveLearnedEncoder
 from split_infer.codec.codecs import Decoder, EncodedFrame, Encoder, QuantEncoder, TemporalEncoder
 from split_infer.codec.errors import CodecError
@@ -68,15 +68,15 @@ def _adaptive(m: re.Match[str], **kw: Any) -> Encoder:
 
 
 @register_encoder(r"video(?:-(h264|hevc))?(?:-crf(\d+(?:\.\d+)?))?(?::(.+))?",
-                  "video[-h264|-hevc][-crf<N>][:<basis>]: normalised feature mosaic through x264/x265, after "
-                  "a channel reduction (a .basis.npz path, or the name of a shipped one)")
+                  "video[-h264|-hevc][-crf<N>][:<reduction>]: feature mosaic through x264/x265, after a channel "
+                  "reduction (a .basis.npz or learned .npz path, or the name of a shipped one)")
 def _video(m: re.Match[str], **kw: Any) -> Encoder:
     if m.group(1):
         kw.setdefault("inner", m.group(1))
     if m.group(2):
         kw.setdefault("crf", float(m.group(2)))
     if m.group(3):
-        kw.setdefault("basis", basis.resolve(m.group(3)))
+        kw.setdefault("reduction", reduction.resolve(m.group(3)))
     return video.VideoEncoder(**kw)
 
 

@@ -87,6 +87,11 @@ class Basis:
         return int(self.encode_matrix.shape[0])
 
     @property
+    def code_step(self) -> None:
+        """None: the video codec normalises a basis' components at each key frame."""
+        return None
+
+    @property
     def tensor(self) -> str:
         return str(self.meta.get("tensor", "x4"))
 

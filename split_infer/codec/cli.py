@@ -1,7 +1,7 @@
 """`split-infer codec ...`: train and inspect learned feature codecs.
 
-    split-infer codec train --video street.mp4 --frames 0:367 --out models/street.npz
-    split-infer codec train --video cam7.mp4 --init models/street.npz --steps 150 --out models/cam7.npz
+    split-infer codec train --footage street.mp4@0:367 --minutes 60 --out models/street.npz
+    split-infer codec train --footage cam7.mp4@0:250 --init models/street.npz --minutes 10 --out models/cam7.npz
     split-infer codec calibrate --video cam7.mp4 --frames 0:250 --out models/cam7.basis.npz
     split-infer codec info models/street.npz
 """
@@ -26,23 +26,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="split-infer codec", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train (or fine-tune with --init) a learned bottleneck on a camera's footage")
-    t.add_argument("--video", required=True)
+    t = sub.add_parser("train", help="train (or fine-tune with --init) a learned bottleneck on a camera's footage",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--footage", action="append", required=True, metavar="VIDEO[@A:B][/N]",
+                   help="frames A..B-1 of VIDEO, every N-th; repeat for several cameras")
     t.add_argument("--out", required=True, help="model file to write (.npz)")
-    t.add_argument("--frames", type=_span, default=(0, None), help="frame range A:B to train on (default: all)")
-    t.add_argument("--every", type=int, default=2, help="use every N-th frame")
     t.add_argument("--init", help="start from this model: per-camera fine-tuning")
-    t.add_argument("--steps", type=int, default=120, help="distillation steps through the frozen head")
-    t.add_argument("--pretrain-steps", type=int, default=400, help="cheap feature-reconstruction steps first")
-    t.add_argument("--channels", type=int, default=12, help="latent channels (taken from --init when given)")
-    t.add_argument("--rate-weight", type=float, default=0.02)
-    t.add_argument("--lr", type=float, help="peak learning rate (default 2e-3, or 3e-4 when fine-tuning)")
-    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget, teacher features included")
+    t.add_argument("--steps", type=int, help="train exactly this many steps instead (overrides --minutes)")
+    t.add_argument("--channels", type=int, default=16, help="latent channels (taken from --init when given)")
+    t.add_argument("--res-blocks", type=int, default=1, help="residual blocks in the (cloud-side) decoder")
+    t.add_argument("--rate-weight", type=float, default=0.004, help="weight of the latent's bits in the loss")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 2e-3, or 5e-4 when fine-tuning)")
+    t.add_argument("--batch", type=int, default=4, help="whole frames per step")
     t.add_argument("--model", default="yolov5s")
     t.add_argument("--cut", type=int, default=4)
     t.add_argument("--imgsz", default="640x384")
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--max-minutes", type=float, default=60.0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
     c = sub.add_parser("calibrate", help="fit the video codec's channel reduction to a camera's footage (seconds)")
     c.add_argument("--video", required=True)
     c.add_argument("--out", required=True, help="basis file to write (NAME.basis.npz)")
@@ -67,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         calibrate(args.video, args.out, frames=args.frames, every=args.every, components=args.components,
                   metric=args.metric, model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz))
         return 0
-    from split_infer.codec.train import train  # torch, a cloud/dev dependency
+    from split_infer.codec.train import Footage, train  # torch, a cloud/dev dependency
 
-    train(args.video, args.out, frames=args.frames, every=args.every, steps=args.steps,
-          pretrain_steps=args.pretrain_steps, channels=args.channels, batch=args.batch,
-          lr=args.lr or (3e-4 if args.init else 2e-3), rate_weight=args.rate_weight, init=args.init,
-          model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz), threads=args.threads,
-          max_seconds=args.max_minutes * 60)
+    train([Footage.parse(f) for f in args.footage], args.out, channels=args.channels, res_blocks=args.res_blocks,
+          batch=args.batch, lr=args.lr or (5e-4 if args.init else 2e-3), rate_weight=args.rate_weight,
+          init=args.init, model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz),
+          threads=args.threads, seed=args.seed, minutes=args.minutes,
+          steps=args.steps)
     return 0
 
 

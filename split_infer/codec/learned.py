@@ -20,39 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from split_infer.codec import bottleneck
 from split_infer.codec.codecs import Decoder, TemporalEncoder, Tensors, register_frame_decoder
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import CodecParams, TensorRecord, WireFrame
 
 LATENT = "z"  # the latent's tensor name on the wire
 ZERO_CODE = 128  # the code of latent value 0
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    y: np.ndarray = x / (1.0 + np.exp(-x))
-    return y
-
-
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Same-padded stride-1 conv of one image x [Cin, H, W] with w [Cout, Cin, k, k] (k odd).
-
-    One matmul over the padded input for all k*k taps, then shifted sums of the outputs:
-    far cheaper than im2col for the small output channel counts used here."""
-    cout, cin, k, _ = w.shape
-    _, h, wd = x.shape
-    if k == 1:
-        pointwise: np.ndarray = (w[:, :, 0, 0] @ x.reshape(cin, -1)).reshape(cout, h, wd) + b[:, None, None]
-        return pointwise
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (p, p), (p, p)))
-    taps = w.transpose(2, 3, 0, 1).reshape(k * k * cout, cin)  # [(dy, dx, cout), cin]
-    z = (taps @ xp.reshape(cin, -1)).reshape(k, k, cout, h + 2 * p, wd + 2 * p)
-    out = np.empty((cout, h, wd), np.float32)
-    out[:] = b[:, None, None]
-    for dy in range(k):
-        for dx in range(k):
-            out += z[dy, dx, :, dy:dy + h, dx:dx + wd]
-    return out
 
 
 @dataclass
@@ -73,36 +47,53 @@ class LearnedModel:
         for k in sorted(weights):
             digest.update(k.encode())
             digest.update(weights[k].tobytes())
-        return cls(weights, meta, digest.hexdigest()[:16])
+        model = cls(weights, meta, digest.hexdigest()[:16])
+        for ops in model.arch.values():
+            bottleneck.check(ops, weights)
+        return model
 
     @property
     def tensor(self) -> str:
         return str(self.meta.get("tensor", "x4"))
 
+    @property
+    def arch(self) -> dict[str, bottleneck.Ops]:
+        """The encoder's and decoder's ops (bottleneck.py); files of format v1 predate the lists."""
+        arch = self.meta.get("architecture") or {"encoder": bottleneck.V1_ENCODER, "decoder": bottleneck.V1_DECODER}
+        return {"encoder": list(arch["encoder"]), "decoder": list(arch["decoder"])}
+
+    @property
+    def components(self) -> int:
+        """Latent channels: the output channels of the encoder's last convolution."""
+        last = [bottleneck.parse(op)[1] for op in self.arch["encoder"] if op.startswith("conv ")][-1]
+        return int(self.weights[f"{last}.weight"].shape[0])
+
+    @property
+    def channels(self) -> int:
+        """Channels of the tensor it replaces: the input channels of the encoder's first convolution."""
+        first = [bottleneck.parse(op)[1] for op in self.arch["encoder"] if op.startswith("conv ")][0]
+        return int(self.weights[f"{first}.weight"].shape[1])
+
+    @property
+    def code_step(self) -> float:
+        """The latent's quantisation step it was trained for (integer codes)."""
+        return float(self.meta.get("code_step", 1.0))
+
     def encode(self, x: np.ndarray) -> np.ndarray:
         """[1, 128, H, W] features -> [1, C, H, W] latent (float, before rounding)."""
-        w = self.weights
-        h = silu(conv(x[0], w["enc1.weight"], w["enc1.bias"]))
-        return conv(h, w["enc2.weight"], w["enc2.bias"])[None]
+        return bottleneck.run(self.arch["encoder"], self.weights, x[0].astype(np.float32))[None]
 
     def decode(self, y: np.ndarray) -> np.ndarray:
         """Latent -> features. Runs in the cloud: torch when installed (faster), numpy otherwise."""
         if importlib.util.find_spec("torch") is not None:
-            return self._decode_torch(y)
-        w = self.weights
-        h = silu(conv(y[0].astype(np.float32), w["dec1.weight"], w["dec1.bias"]))
-        return silu(conv(h, w["dec2.weight"], w["dec2.bias"]))[None]
+            import torch  # optional heavy dependency: the cloud has it, the edge does not
 
-    def _decode_torch(self, y: np.ndarray) -> np.ndarray:
-        import torch  # optional heavy dependency: the cloud has it, the edge does not
-        import torch.nn.functional as F
-
-        t = {k: torch.from_numpy(v) for k, v in self.weights.items()}
-        with torch.no_grad():
-            y_t = torch.from_numpy(y.astype(np.float32))
-            h = F.silu(F.conv2d(y_t, t["dec1.weight"], t["dec1.bias"], padding=1))
-            x: np.ndarray = F.silu(F.conv2d(h, t["dec2.weight"], t["dec2.bias"], padding=1)).numpy()
-        return x
+            with torch.no_grad():
+                w = {k: torch.from_numpy(v) for k, v in self.weights.items()}
+                x: np.ndarray = bottleneck.run_torch(self.arch["decoder"], w,
+                                                     torch.from_numpy(y.astype(np.float32))).numpy()
+            return x
+        return bottleneck.run(self.arch["decoder"], self.weights, y[0].astype(np.float32))[None]
 
 
 class LearnedEncoder(TemporalEncoder):

@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from split_infer.codec import basis as bases
 from split_infer.codec import quant
-from split_infer.codec.basis import Basis
+from split_infer.codec import reduction as reductions
+from split_infer.codec.basis import SHIPPED_DIR
 from split_infer.codec.codecs import Decoder, Encoder, Tensors, register_frame_decoder
 from split_infer.codec.errors import CodecError
+from split_infer.codec.learned import LATENT
+from split_infer.codec.reduction import Reduction
 from split_infer.codec.wire import Q_VIDEO, CodecParams, TensorRecord, WireFrame
 
 if TYPE_CHECKING:
@@ -177,19 +179,21 @@ class VideoEncoder(Encoder):
 
     inner: "h264" or "hevc"; crf: the inner codec's constant rate factor (higher = fewer bytes);
     preset: its speed preset; clip: codes span mean +/- clip * s per channel (see `key_scales`);
-    balance: 1 = z-score per channel, 0 = one step for all (default 0 with a basis, else 0.5);
+    balance: 1 = z-score per channel, 0 = one step for all (default 0 with a reduction, else 0.5);
     key_interval: frames per key frame; threads: the inner encoder's threads (1: the edge budget is
-    per core); basis: a channel reduction file (`split-infer codec calibrate`) applied first."""
+    per core); reduction: a channel reduction file applied first (reduction.py: a basis from
+    `split-infer codec calibrate`, or a learned bottleneck from `split-infer codec train`, whose
+    latent is coded with the fixed step it was trained on)."""
 
     codec = "video"
 
     def __init__(self, inner: str = "h264", crf: float = 28, preset: str = "veryfast", clip: float = 8.0,
                  balance: float | None = None, key_interval: int = 30, threads: int = 1,
-                 basis: str | Path | None = None, **kw: Any) -> None:
+                 reduction: str | Path | None = None, **kw: Any) -> None:
         super().__init__(**kw)
-        self.basis = Basis.load(basis) if basis is not None else None
-        if balance is None:  # a basis' components are in one metric already: one step for all
-            balance = 0.0 if self.basis is not None else 0.5
+        self.reduction: Reduction | None = reductions.load(reduction) if reduction is not None else None
+        if balance is None:  # a reduction's components are in one metric already: one step for all
+            balance = 0.0 if self.reduction is not None else 0.5
         if inner not in INNER:
             raise ValueError(f"inner codec must be one of {sorted(INNER)}, got {inner!r}")
         if not 0 <= crf <= 51 or clip <= 0 or not 0 <= balance <= 1 or key_interval < 1 or threads < 1:
@@ -203,28 +207,32 @@ class VideoEncoder(Encoder):
     def params(self) -> CodecParams:
         cols = {name: st.mosaic.cols for name, st in self._streams.items()}
         out: CodecParams = {"inner": self.inner, "crf": self.crf, "cols": max(cols.values(), default=0)}
-        if self.basis is not None:
-            out["basis"] = self.basis.model_id
+        if self.reduction is not None:
+            out["reduction"] = self.reduction.model_id
         return out
 
     def _reduce(self, tensors: Tensors) -> Tensors:
-        if self.basis is None:
+        r = self.reduction
+        if r is None:
             return tensors
-        if set(tensors) != {self.basis.tensor}:
-            raise CodecError(f"basis {self.basis.model_id} reduces exactly the tensor {self.basis.tensor!r}, "
-                             f"got {sorted(tensors)}")
-        x = tensors[self.basis.tensor]
-        if x.ndim == 4 and x.shape[1] == self.basis.components != self.basis.channels:
+        if set(tensors) == {LATENT}:  # a learned encoder ran inside the edge's IR: its latent
+            return {r.tensor: tensors[LATENT]}
+        if set(tensors) != {r.tensor}:
+            raise CodecError(f"reduction {r.model_id} reduces exactly the tensor {r.tensor!r}, got {sorted(tensors)}")
+        x = tensors[r.tensor]
+        if x.ndim == 4 and x.shape[1] == r.components != r.channels:
             return tensors  # reduced already, inside the edge's IR (split-infer export --codec-model)
-        return {name: self.basis.encode(x) for name, x in tensors.items()}
+        return {r.tensor: r.encode(x)}
 
     def _coded_shape(self, x: np.ndarray) -> tuple[int, ...]:
-        """The shape that goes on the wire: after the basis' reduction (shape only: no projection)."""
-        if self.basis is None or (x.ndim == 4 and x.shape[1] == self.basis.components):
+        """The shape that goes on the wire: after the reduction (shape only: nothing computed)."""
+        if self.reduction is None or (x.ndim == 4 and x.shape[1] == self.reduction.components):
             return x.shape
-        return (x.shape[0], self.basis.components, *x.shape[2:])
+        return (x.shape[0], self.reduction.components, *x.shape[2:])
 
     def _wants_key(self, tensors: Tensors) -> bool:
+        if self.reduction is not None and set(tensors) == {LATENT}:
+            tensors = {self.reduction.tensor: tensors[LATENT]}
         if self._since_key >= self.key_interval or set(tensors) != set(self._streams):
             return True
         return any(Mosaic.for_shape(self._coded_shape(x), self._streams[n].mosaic.cols) != self._streams[n].mosaic
@@ -241,11 +249,20 @@ class VideoEncoder(Encoder):
             self._streams = {}
         return [self._encode_tensor(name, x, key) for name, x in tensors.items()]
 
+    def _key_scales(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        step = self.reduction.code_step if self.reduction is not None else None
+        if step is None:
+            return key_scales(x, self.clip, self.balance)
+        # A learned latent: integer codes as trained, centred on each channel's mean.
+        mean = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1).mean(axis=1)
+        scale = np.full(x.shape[1], step, np.float32)
+        return scale, (mean - MID * scale).astype(np.float32)
+
     def _encode_tensor(self, name: str, x: np.ndarray, key: bool) -> TensorRecord:
         av = _av()
         if key:
             mosaic = Mosaic.for_shape(x.shape)
-            scale, offset = key_scales(x, self.clip, self.balance)
+            scale, offset = self._key_scales(x)
             ctx = _encoder_context(self.inner, mosaic, self.crf, self.preset, self.key_interval, self.threads)
             self._streams[name] = _Stream(mosaic, scale, offset, ctx)
         st = self._streams[name]
@@ -284,9 +301,10 @@ class VideoFrameDecoder:
             if frame.key:
                 self.streams[t.name] = self._start_stream(av, t, inner, frame.params.get("cols"))
             out[t.name] = self._decode_tensor(av, self.streams[t.name], t, inner)
-        if "basis" in frame.params:
-            basis = self._basis(str(frame.params["basis"]), decoder)
-            out = {name: basis.decode(y) for name, y in out.items()}
+        model_id = frame.params.get("reduction", frame.params.get("basis"))  # "basis": before learned ones
+        if model_id is not None:
+            r = self._reduction(str(model_id), decoder)
+            out = {name: r.decode(y) for name, y in out.items()}
         return out
 
     @staticmethod
@@ -319,9 +337,9 @@ class VideoFrameDecoder:
         return quant.dequantise(codes, st.scale, st.offset, t.dtype)
 
     @staticmethod
-    def _basis(model_id: str, decoder: Decoder) -> Basis:
-        found: dict[str, Basis] = decoder.cache.setdefault("bases", {})
+    def _reduction(model_id: str, decoder: Decoder) -> Reduction:
+        found: dict[str, Reduction] = decoder.cache.setdefault("reductions", {})
         if model_id not in found:
-            dirs = ([Path(decoder.learned_dir)] if decoder.learned_dir else []) + [bases.SHIPPED_DIR]
-            found[model_id] = bases.find(model_id, dirs)
+            dirs = ([Path(decoder.learned_dir)] if decoder.learned_dir else []) + [SHIPPED_DIR]
+            found[model_id] = reductions.find(model_id, dirs)
         return found[model_id]

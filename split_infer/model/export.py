@@ -8,8 +8,10 @@ shapes, precision, versions). INT8 is NNCF post-training quantisation on frames 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,14 @@ import cv2
 import numpy as np
 
 import split_infer
+from split_infer.codec import bottleneck
 from split_infer.codec.basis import Basis
 from split_infer.codec.learned import LATENT, LearnedModel
 from split_infer.model.loading import load_model
 from split_infer.model.preprocess import letterbox, parse_imgsz
 from split_infer.model.weights import cache_dir
+from split_infer.progress import bar
+from split_infer.service import EXIT_CODES_EPILOG, HelpFormatter, checked
 
 META_FILE = "edge.json"
 IR_FILE = "edge.xml"
@@ -98,26 +103,21 @@ class EdgeWithBottleneck:
         if learned.tensor not in edge.output_names or len(edge.output_names) != 1:
             raise ValueError(f"codec model {codec_model} encodes {learned.tensor!r}; "
                              f"this cut sends {edge.output_names}")
-        w = {k: torch.from_numpy(v) for k, v in learned.weights.items()}
-
-        def conv(name: str) -> torch.nn.Conv2d:
-            weight = w[f"{name}.weight"]
-            layer = torch.nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=weight.shape[2] // 2)
-            with torch.no_grad():
-                layer.weight.copy_(weight)
-                layer.bias.copy_(w[f"{name}.bias"])  # type: ignore[union-attr]  # Conv2d(bias=True)
-            return layer
+        arch = learned.arch["encoder"]
 
         class Module(torch.nn.Module):
             output_names = [LATENT]
 
             def __init__(self) -> None:
                 super().__init__()
-                self.edge, self.enc1, self.enc2 = edge, conv("enc1"), conv("enc2")
+                self.edge = edge
+                for name, v in learned.weights.items():  # buffers, so the trace embeds them as constants
+                    self.register_buffer(name.replace(".", "__"), torch.from_numpy(v))
 
             def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
                 feats = self.edge(x)[learned.tensor]
-                return {LATENT: self.enc2(torch.nn.functional.silu(self.enc1(feats)))}
+                w = {k.replace("__", "."): v for k, v in self.named_buffers() if not k.startswith("edge.")}
+                return {LATENT: bottleneck.run_torch(arch, w, feats)}
 
         return Module().eval(), learned
 
@@ -154,8 +154,9 @@ class EdgeWithBasis:
 
 def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path | None = None,
                 int8: bool = False, calibration: str | Path | None = None, calibration_frames: int = 120,
-                codec_model: str | Path | None = None) -> Path:
-    """Write the edge IR and its metadata; returns the output directory.
+                codec_model: str | Path | None = None, on_stage: Callable[[str], None] | None = None) -> Path:
+    """Write the edge IR and its metadata; returns the output directory. `on_stage` hears what it
+    is doing now (the CLI's progress bar).
 
     With `codec_model`, the IR ends in that learned codec's encoder and outputs its latent, or (a
     .basis.npz) in the video codec's channel reduction and outputs the reduced tensor."""
@@ -165,18 +166,24 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
 
     from split_infer.model.partition import partition
 
+    stage = on_stage or (lambda _: None)
     out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
+    stage(f"loading {model_name}")
     model = load_model(model_name)
     edge, _ = partition(model, cut)
     learned: LearnedModel | Basis | None = None
     if codec_model:
         wrap = EdgeWithBasis if str(codec_model).endswith(".basis.npz") else EdgeWithBottleneck
         edge, learned = wrap.build(edge, codec_model)
+    if int8 and calibration is None:
+        raise ValueError("--int8 needs --calibration VIDEO (frames of real footage to calibrate on)")
+    stage("converting to OpenVINO")
     ov_model = to_openvino(edge, imgsz, edge.output_names)
     if int8:
-        if calibration is None:
-            raise ValueError("--int8 needs --calibration VIDEO (frames of real footage to calibrate on)")
+        assert calibration is not None
+        stage(f"quantising to INT8 on {calibration_frames} frames of {Path(calibration).name} (NNCF)")
         ov_model = quantize_int8(ov_model, calibration, imgsz, calibration_frames)
+    stage(f"saving {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, out_dir / IR_FILE, compress_to_fp16=False)
     shapes = {}
@@ -208,7 +215,10 @@ def quantize_int8(ov_model: Any, calibration: str | Path, imgsz: tuple[int, int]
 
     frames = video_frames(calibration, count=count, stride=3)
     data = [letterbox(f, imgsz)[0][None] for f in frames]
-    return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data), preset=nncf.QuantizationPreset.MIXED)
+    # NNCF draws its own bars on stdout, which carries the command's result: send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data),
+                             preset=nncf.QuantizationPreset.MIXED)
 
 
 def ensure_edge_ir(model_name: str, cut: int, imgsz: tuple[int, int]) -> Path:
@@ -220,20 +230,25 @@ def ensure_edge_ir(model_name: str, cut: int, imgsz: tuple[int, int]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="split-infer export", description="Export the edge part to OpenVINO IR.")
-    parser.add_argument("--model", default="yolov5s")
-    parser.add_argument("--cut", type=int, default=4)
-    parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
+    parser = argparse.ArgumentParser(prog="split-infer export", description="Export the edge part to OpenVINO IR.",
+                                     formatter_class=HelpFormatter, epilog=EXIT_CODES_EPILOG)
+    parser.add_argument("--model", default="yolov5s", help="model name (yolov5s, yolov5n) or checkpoint path")
+    parser.add_argument("--cut", type=int, default=4, help="last layer run on the edge")
+    parser.add_argument("--imgsz", type=checked(parse_imgsz), default="640x384", help="WIDTHxHEIGHT, multiples of 32")
     parser.add_argument("--out", type=Path, help="output directory (default: the cache)")
     parser.add_argument("--int8", action="store_true", help="NNCF post-training INT8 quantisation")
-    parser.add_argument("--calibration", help="video whose frames calibrate INT8")
-    parser.add_argument("--calibration-frames", type=int, default=120)
+    parser.add_argument("--calibration", help="video whose frames calibrate INT8 (default: none; --int8 needs one)")
+    parser.add_argument("--calibration-frames", type=int, default=120, help="frames taken for INT8 calibration")
     parser.add_argument("--codec-model", help="learned codec (.npz) whose encoder, or video codec basis "
-                        "(.basis.npz) whose reduction, the IR should end in")
+                        "(.basis.npz) whose reduction, the IR should end in (default: none, the raw features)")
+    parser.add_argument("--progress", action="store_true", help="show progress bars even when stderr is no terminal")
     args = parser.parse_args(argv)
+    if args.int8 and not args.calibration:
+        parser.error("--int8 needs --calibration VIDEO (frames of real footage to calibrate on)")
     try:
-        out = export_edge(args.model, args.cut, parse_imgsz(args.imgsz), args.out, args.int8, args.calibration,
-                          args.calibration_frames, args.codec_model)
+        with bar(f"export {args.model} cut {args.cut}", forced=args.progress) as progress:
+            out = export_edge(args.model, args.cut, args.imgsz, args.out, args.int8, args.calibration,
+                              args.calibration_frames, args.codec_model, on_stage=progress.stage)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"split-infer export: {e}", file=sys.stderr)
         return 1
