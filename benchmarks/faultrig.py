@@ -320,7 +320,7 @@ class Rig:
 
     def api_healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/healthz", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/readyz", timeout=2) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False

@@ -13,7 +13,7 @@ the reason); or never resolved because the edge itself was killed holding it. `l
 none of those; `doubled` = more than one detection record for one frame. `recovery_s` = seconds
 from the fault's end until a frame captured since the fault began has a record (a killed edge and
 the stalled camera: captured since the fault ended; analytics: until it reads a record written
-after the restart; the API: until /healthz answers 200).
+after the restart; the API: until /readyz answers 200, i.e. it serves and reaches Redis).
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ def read_ledger(rig: Rig) -> dict:
             d = DetectionResult.from_fields(f)
             records[(d.camera, d.session, d.seq)] += 1
     shed = {}
-    for f in rig.entries(rig.keys.dropped):
+    for f in (f for c in rig.camera_ids for f in rig.entries(rig.keys.dropped_stream(c))):
         sr = ShedRecord.from_fields(f)
         shed[(sr.camera, sr.session, sr.seq)] = sr.reason
     dead = {}
-    for f in rig.entries(rig.keys.dead_letter):
+    for f in (f for c in rig.camera_ids for f in rig.entries(rig.keys.dead_letter_stream(c))):
         dl = DeadLetter.from_fields(f)
         dead[(dl.camera, dl.session, int(dl.seq) if dl.seq.isdigit() else -1)] = dl.reason
     return {"outcomes": outcomes, "records": records, "shed": shed, "dead": dead}

@@ -120,7 +120,7 @@ def test_live_connections_are_bounded_and_the_api_still_answers(r, keys, prefix,
         assert codes.count(200) == bound and codes.count(503) == opened - bound, codes
         for _ in range(5):
             assert api.get("/api/cameras").status_code == 200
-            assert api.get("/healthz").json()["redis"] == "ok"
+            assert api.get("/readyz").json()["redis"] == "ok"
             assert api.get("/api/cameras/cam-1/counts").status_code == 200
     # Closed connections give their places back.
     with api_server(prefix, extra=("--max-live", "2"), workdir=None) as base, \

@@ -240,6 +240,6 @@ def test_200_sse_connections_leave_the_api_answering(r, keys, prefix, tmp_path):
         codes = [streams.enter_context(api.stream("GET", "/api/live")).status_code for _ in range(opened)]
         assert codes.count(200) == 50 and codes.count(503) == opened - 50, codes  # max_live's default
         for _ in range(5):
-            assert api.get("/healthz").json()["redis"] == "ok"
+            assert api.get("/readyz").json()["redis"] == "ok"
             cams = api.get("/api/cameras")
             assert cams.status_code == 200 and len(cams.json()) >= 2

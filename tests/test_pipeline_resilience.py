@@ -13,6 +13,7 @@ import pytest
 
 from split_infer.apps.processes import free_port
 from support.data import street_video
+from support.http import probe
 from support.media import HttpFeed
 from support.pipeline import Pipeline, duplicates
 from support.wait import wait_for
@@ -43,6 +44,10 @@ def test_ingest_restart_and_camera_outage_recover_on_their_own(tmp_path):
         pipe.wait_exit("ingest", 10)
         feed.stop()
         wait_for(lambda: not pipe.edge_stats().get("connected", True), 30, "the edge to notice the ingest is gone")
+        edge_http = f"http://127.0.0.1:{metrics_port}"
+        status, body = wait_for(lambda: (s := probe(f"{edge_http}/readyz"))[0] == 503 and s, 10, "the edge unready")
+        assert "no stream to the ingest" in body["reason"], body
+        assert probe(f"{edge_http}/healthz") == (200, {"status": "ok"})  # alive: buffering, not dead
         wait_for(lambda: pipe.edge_stats()["cameras"]["http0"]["capture"]["state"] == "reconnecting", 30,
                  "the camera to notice its URL is gone")
         # Frames pile up in the bounded buffer; the oldest are dropped and counted.
@@ -56,13 +61,15 @@ def test_ingest_restart_and_camera_outage_recover_on_their_own(tmp_path):
         wait_for(lambda: all(acked(pipe, c) >= before[c] + 10 for c in before), 120, "both cameras to resume")
         s = pipe.edge_stats()
         assert s["connected"] and s["reconnects"] >= 1, s
+        wait_for(lambda: probe(f"{edge_http}/readyz") == (200, {"status": "ok"}), 10, "the edge ready again")
         cap = s["cameras"]["http0"]["capture"]
         assert cap["state"] == "online" and cap["reconnects"] >= 1, cap
         assert s["cameras"]["live0"]["dropped_buffer"] > 0, "frames produced during the outage were dropped uncounted"
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        assert 'edge_frames_total{camera="live0",outcome="acked"}' in text
-        assert 'edge_frames_total{camera="live0",outcome="dropped_buffer"}' in text
-        assert "edge_cloud_reconnects_total 1.0" in text or "edge_cloud_reconnects_total 2.0" in text, text[-2000:]
+        assert 'splitinfer_edge_frames_total{camera="live0",outcome="acked"}' in text
+        assert 'splitinfer_edge_frames_total{camera="live0",outcome="dropped_buffer"}' in text
+        assert ("splitinfer_edge_cloud_reconnects_total 1.0" in text
+                or "splitinfer_edge_cloud_reconnects_total 2.0" in text), text[-2000:]
 
         pipe.signal("edge", signal.SIGTERM)
         assert pipe.wait_exit("edge", 60) == 0, pipe.log("edge")[-3000:]

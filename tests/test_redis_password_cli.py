@@ -35,7 +35,7 @@ def server(tmp_path_factory):
 
 def _health(base: str) -> int | None:
     try:
-        return httpx.get(base + "/healthz", timeout=3).status_code
+        return httpx.get(base + "/readyz", timeout=3).status_code  # 200 once Redis answers, with the password
     except httpx.HTTPError:
         return None
 
@@ -59,7 +59,7 @@ def test_api_with_redis_url_takes_the_password_from_env_or_file(server, tmp_path
             services.start(name, "api", "--redis-url", bare, "--listen", f"127.0.0.1:{port}", *extra, env=env)
             base = f"http://127.0.0.1:{port}"
             got[name] = wait_for(lambda base=base, name=name: _health(base) or (services.exited(name) and -1),
-                                 60, f"the API ({name}) to answer /healthz")
+                                 60, f"the API ({name}) to answer /readyz")
         assert got == {"none": 503, "env": 200, "file": 200}, {n: services.log(n)[-2000:] for n in runs}
         for name in runs:
             assert PASSWORD not in services.log(name)
