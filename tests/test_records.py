@@ -33,7 +33,7 @@ FRAME = QueuedFrame(camera="cam-1", session="s1", seq=7, capture_ts=1712345678.1
                     timings={"capture": 1.5, "encode": 12.300000190734863}, dropped_before=2, ingest_ts=1712345678.3)
 RESULT = DetectionResult(camera="cam-1", session="s1", seq=7, capture_ts=1712345678.123456, width=640, height=360,
                          detections=(CAR,), done_ts=1712345678.5, ingest_ts=1712345678.3, batch=4, head_ms=20.125,
-                         worker="w1", timings={"capture": 1.5})
+                         worker="w1", timings={"capture": 1.5}, model_version="yolov5s-0123456789")
 STATUS = CameraStatus(online=True, fps=9.875, bytes_per_s=150000.5, last_frame_ts=1712345678.1,
                       last_seen_ts=1712345678.2, last_seq=41, session="s1", frames=42, bytes=6_000_000, rejected=1,
                       dropped_edge=3, peer="ipv4:127.0.0.1:5555")
@@ -77,13 +77,21 @@ def test_detection_record_fields_and_live_json():
         b"camera": b"cam-1", b"session": b"s1", b"seq": b"7", b"capture_ts": b"1712345678.123456",
         b"ingest_ts": b"1712345678.3", b"done_ts": b"1712345678.5", b"width": b"640", b"height": b"360",
         b"detections": b'[{"class_id":2,"class_name":"car","score":0.9012,"box":[10.5,20.0,110.25,80.0]}]',
-        b"batch": b"4", b"head_ms": b"20.125", b"worker": b"w1", b"timings": b'{"capture": 1.5}'}
+        b"batch": b"4", b"head_ms": b"20.125", b"worker": b"w1", b"timings": b'{"capture": 1.5}',
+        b"model_version": b"yolov5s-0123456789"}
     assert list(fields) == ["camera", "session", "seq", "capture_ts", "ingest_ts", "done_ts", "width", "height",
-                            "detections", "batch", "head_ms", "worker", "timings"]
+                            "detections", "batch", "head_ms", "worker", "timings", "model_version"]
     assert json.loads(RESULT.to_live_json()) == {
         "camera": "cam-1", "session": "s1", "seq": 7, "capture_ts": "1712345678.123456", "ingest_ts": "1712345678.3",
         "done_ts": "1712345678.5", "width": "640", "height": "360", "detections": [CAR.to_json()], "batch": 4,
-        "head_ms": 20.125, "worker": "w1", "timings": '{"capture": 1.5}'}
+        "head_ms": 20.125, "worker": "w1", "timings": '{"capture": 1.5}', "model_version": "yolov5s-0123456789"}
+
+
+@pytest.mark.unit
+def test_a_record_without_a_model_version_reads_as_unversioned():
+    old = {k: v for k, v in stored(RESULT.to_fields()).items() if k != b"model_version"}  # before versions existed
+    assert DetectionResult.from_fields(old).model_version == "unversioned"
+    assert DetectionResult.from_fields(stored(RESULT.to_fields())).model_version == "yolov5s-0123456789"
 
 
 @pytest.mark.unit
@@ -133,8 +141,8 @@ def test_round_trip_as_stored(record):
 def test_round_trip_through_redis(r, prefix):
     keys = Keys(prefix)
     for record in STRICT:
-        entry_id = r.xadd(keys.dead_letter, record.to_fields())
-        (_, fields), = r.xrange(keys.dead_letter, entry_id, entry_id)
+        entry_id = r.xadd(keys.dead_letter_stream("cam-1"), record.to_fields())
+        (_, fields), = r.xrange(keys.dead_letter_stream("cam-1"), entry_id, entry_id)
         assert type(record).from_fields(fields) == record
     for record in (STATUS, COUNTS):
         r.delete(keys.camera_state("cam-1"))
@@ -261,14 +269,16 @@ def test_the_counts_hash_leaves_out_what_it_cannot_read():
 @pytest.mark.unit
 def test_keys_of_a_prefix_and_from_the_environment(monkeypatch):
     k = Keys("p")
+    # Each camera's keys carry its hash tag {c} (one Redis Cluster slot per camera; docs/redis.md).
     assert (k.frames_stream("c"), k.detections_stream("c"), k.done_key("c", "s", 3)) == (
-        "p:frames:c", "p:detections:c", "p:done:c:s:3")
-    assert (k.dead_letter, k.dropped, k.live_detections, k.live_events, k.cameras) == (
-        "p:deadletter", "p:dropped", "p:live:detections", "p:live:events", "p:cameras")
+        "p:frames:{c}", "p:detections:{c}", "p:done:{c}:s:3")
+    assert (k.dead_letter_stream("c"), k.dropped_stream("c"), k.live_detections, k.live_events, k.cameras) == (
+        "p:deadletter:{c}", "p:dropped:{c}", "p:live:detections", "p:live:events", "p:cameras")
     assert (k.camera_state("c"), k.snapshot("c"), k.events_stream("c"), k.counts("c")) == (
-        "p:camera:c", "p:snapshot:c", "p:events:c", "p:counts:c")
+        "p:camera:{c}", "p:snapshot:{c}", "p:events:{c}", "p:counts:{c}")
     assert (k.analytics_state("c"), k.analytics_owner("c"), k.scan_pattern) == (
-        "p:analytics:state:c", "p:analytics:owner:c", "p:*")
+        "p:analytics:state:{c}", "p:analytics:owner:{c}", "p:*")
+    assert Keys.camera_of(k.done_key("cam-1", "s", 3)) == "cam-1" and Keys.camera_of(k.cameras) == ""
     assert (k.FRAMES_GROUP, Keys.ANALYTICS_GROUP) == ("workers", "analytics")
     monkeypatch.delenv(PREFIX_ENV, raising=False)
     assert Keys.from_env() == Keys("si")

@@ -21,6 +21,8 @@ from split_infer.records.encoding import (
     whole_number,
 )
 
+UNVERSIONED = "unversioned"  # the model_version of a detection record that names none (older workers)
+
 
 @dataclass(frozen=True)
 class _FrameRecord:
@@ -120,6 +122,8 @@ class DetectionResult(_FrameRecord):
     head_ms: float | None = None
     worker: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # the edge's, passed on
+    # The worker's model (docs/canary.md); records written before versions existed read as UNVERSIONED.
+    model_version: str = UNVERSIONED
 
     def to_fields(self) -> Fields:
         # Width and height go as text: the live JSON (the same fields) has always carried them so.
@@ -134,6 +138,7 @@ class DetectionResult(_FrameRecord):
             if value is not None:
                 out[name] = value
         out["timings"] = json.dumps(self.timings)
+        out["model_version"] = self.model_version
         return out
 
     def to_live_json(self) -> str:
@@ -147,7 +152,8 @@ class DetectionResult(_FrameRecord):
         return cls(**cls._read_frame(f), detections=f.get("detections", _detections),
                    done_ts=f.optional("done_ts", finite), ingest_ts=f.optional("ingest_ts", finite),
                    batch=f.optional("batch", int), head_ms=f.optional("head_ms", finite),
-                   worker=f.optional("worker", str), timings=f.optional("timings", timings_json) or {})
+                   worker=f.optional("worker", str), timings=f.optional("timings", timings_json) or {},
+                   model_version=f.optional("model_version", str) or UNVERSIONED)
 
 
 @dataclass(frozen=True)
