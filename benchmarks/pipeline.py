@@ -141,7 +141,7 @@ def wait_until_done(children: Children, r: redis.Redis, keys: Keys, camera_ids: 
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
         done = (sum(r.xlen(keys.detections_stream(c)) for c in camera_ids)
-                + r.xlen(keys.dropped) + r.xlen(keys.dead_letter))
+                + sum(r.xlen(keys.dropped_stream(c)) + r.xlen(keys.dead_letter_stream(c)) for c in camera_ids))
         if done >= total:
             return
         if children.procs["edge"].poll() == 0:  # it stopped: wait for what it delivered, no more

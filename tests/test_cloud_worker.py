@@ -75,7 +75,7 @@ def settled(r: redis.Redis, keys: Keys, cams) -> bool:
 
 def redis_up() -> float | None:
     """The worker's `redis_up` gauge as its /metrics would show it (the Worker runs in this process)."""
-    return REGISTRY.get_sample_value("redis_up", {"service": "worker"})
+    return REGISTRY.get_sample_value("splitinfer_redis_up", {"service": "worker"})
 
 
 def test_each_frame_gives_exactly_one_record_even_when_redelivered(r, keys):
@@ -128,7 +128,7 @@ def test_corrupt_payloads_go_to_the_dead_letter_stream_and_the_worker_carries_on
     w = Worker(cfg(), r, fake_head, name="w1", keys=keys)
     run_until(w, lambda: settled(r, keys, ["cam-a"]))
     assert [int(x["seq"]) for x in records(r, keys, "cam-a")] == [0, 3]
-    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.dead_letter)]
+    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.dead_letter_stream("cam-a"))]
     reasons = {d["seq"]: d["reason"] for d in dead}
     assert set(reasons) == {"1", "2", ""} and len(dead) == 3
     assert "checksum" in reasons["1"] and "truncated" in reasons["2"] and "lacks field 'seq'" in reasons[""]
@@ -147,7 +147,7 @@ def test_a_frame_that_keeps_failing_is_retried_then_dead_lettered(r, keys):
     w = Worker(cfg(max_batch=1, max_deliveries=3), r, flaky_head, name="w1", keys=keys)
     run_until(w, lambda: settled(r, keys, ["cam-a"]), timeout=30)
     assert [int(x["seq"]) for x in records(r, keys, "cam-a")] == [0, 1, 3]
-    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.dead_letter)]
+    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.dead_letter_stream("cam-a"))]
     assert [d["seq"] for d in dead] == ["2"] and "delivered 4 times" in dead[0]["reason"]
 
 
@@ -258,7 +258,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing_with_the_real_head(r, keys, p
     assert workers == {"worker-a", "worker-b"}
     by = {(c, int(x["seq"])): x["worker"] for c in cams for x in records(r, keys, c)}
     assert orphaned and all(by[k] == "worker-b" for k in orphaned), orphaned  # B claimed A's frames
-    assert r.xlen(keys.dead_letter) == 0
+    assert all(r.xlen(keys.dead_letter_stream(c)) == 0 for c in cams)
 
     # Same detections as the head in this process on the same frames, one at a time.
     head = yolo_head(CloudConfig.model_validate({"model": model, "head_runtime": "openvino"}))
@@ -288,7 +288,7 @@ def test_adaptive_policy_sheds_late_frames_once_and_runs_fresh_ones(r, keys):
     w = Worker(cfg(max_batch=4), r, fake_head, policy=policy, name="w1", keys=keys)
     run_until(w, lambda: settled(r, keys, ["cam-a"]))
     done = sorted(int(x["seq"]) for x in records(r, keys, "cam-a"))
-    dropped = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.dropped)]
+    dropped = [{k.decode(): v.decode() for k, v in f.items()} for _, f in r.xrange(keys.dropped_stream("cam-a"))]
     assert done == [0, 1, 2, 3]
     assert sorted(int(d["seq"]) for d in dropped) == [4, 5, 6] and {d["reason"] for d in dropped} == {"deadline"}
     # Redelivered shed frames stay shed once: no record, no second drop.
@@ -296,4 +296,4 @@ def test_adaptive_policy_sheds_late_frames_once_and_runs_fresh_ones(r, keys):
                                          "ingest_ts": repr(stale), "width": 640, "height": 360,
                                          "payload": make_encoder("q8-zstd").encode(features(5))})
     run_until(w, lambda: settled(r, keys, ["cam-a"]))
-    assert r.xlen(keys.dropped) == 3 and len(records(r, keys, "cam-a")) == 4
+    assert r.xlen(keys.dropped_stream("cam-a")) == 3 and len(records(r, keys, "cam-a")) == 4

@@ -22,7 +22,6 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from split_infer import metrics
@@ -31,7 +30,8 @@ from split_infer.config import CameraConfig, CloudConfig, EdgeToken
 from split_infer.keys import Keys, valid_camera_id, valid_session
 from split_infer.proto import pb
 from split_infer.records import CameraStatus, QueuedFrame
-from split_infer.streams import create_group_async
+from split_infer.records.snapshot import SnapshotFrame, jpeg_digest
+from split_infer.streams import AsyncClient, create_group_async
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _invalid(reason: str, message: str) -> FrameRejected:
 class Ingest:
     """Validation and queueing, independent of gRPC plumbing (the servicer maps errors to statuses)."""
 
-    def __init__(self, cfg: CloudConfig, redis: aioredis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, cfg: CloudConfig, redis: AsyncClient, keys: Keys | None = None) -> None:
         self.cfg, self.redis = cfg, redis
         self.keys = keys or Keys.from_env()
         self.s = cfg.ingest
@@ -307,8 +307,8 @@ class Ingest:
         if not st.group_ready:  # decoded and valid before its stream, group and set entry exist
             await self._stage(st, f)
         await self._ensure_group(st, cam)
+        # The depth decides credit here; its gauge is the worker's (one owner per series, docs/metrics.md).
         depth = await self._redis(self.redis.xlen(self.keys.frames_stream(cam)))
-        metrics.QUEUE_DEPTH.labels(cam).set(depth)
         if depth >= self.cfg.max_queue:
             metrics.CREDIT.labels(cam).set(0)
             raise RetryLater(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full",
@@ -319,7 +319,12 @@ class Ingest:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(self.keys.frames_stream(cam), replace(staged, ingest_ts=time.time()).to_fields())
         if f.snapshot_jpeg and not note:
+            # The thumbnail and the frame it shows (session, seq): the dashboard draws that frame's boxes.
+            codec = st.decoder.last_frame.codec if st.decoder.last_frame is not None else ""
+            shown = SnapshotFrame(cam, f.session, f.seq, f.capture_ts, jpeg_digest(f.snapshot_jpeg), codec)
             pipe.set(self.keys.snapshot(cam), f.snapshot_jpeg, ex=SNAPSHOT_TTL_S)
+            pipe.hset(self.keys.snapshot_frame(cam), mapping=shown.to_fields())
+            pipe.expire(self.keys.snapshot_frame(cam), SNAPSHOT_TTL_S)
         await self._redis(pipe.execute())
         st.queued(f, now)
         metrics.FRAMES.labels("ingest", "ok").inc()

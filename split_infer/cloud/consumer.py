@@ -2,11 +2,12 @@
 left pending, and how each frame ends.
 
 A frame ends in one Lua script, atomically: SET NX its (camera, session, seq) done key; only if it
-was new, XADD its record (its detections, or a shed record) and PUBLISH it; then XACK and XDEL
-the frame. A redelivered frame thus adds nothing, and a worker killed at any point loses nothing
-(its pending frames are claimed after claim_idle_ms). An entry that cannot be read, or a frame
-delivered `max_deliveries` times without success, goes to the dead-letter stream with the
-reason, acknowledged.
+was new, XADD its record (its detections, or a shed record); then XACK and XDEL the frame. Every
+key it touches is the camera's (one hash slot on a Redis Cluster); the worker publishes the live
+message after the script said the record was new. A redelivered frame thus adds nothing, and a
+worker killed at any point loses nothing (its pending frames are claimed after claim_idle_ms).
+An entry that cannot be read, or a frame delivered `max_deliveries` times without success, goes
+to the camera's dead-letter stream with the reason, acknowledged.
 """
 
 from __future__ import annotations
@@ -17,30 +18,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from split_infer import metrics
 from split_infer.config import WorkerSettings
 from split_infer.keys import Keys
 from split_infer.records import DeadLetter, Fields, FieldValue, QueuedFrame, RawFields, RecordError
-from split_infer.streams import create_group
+from split_infer.retention import RetainedStream, RetentionConfig, Target, Trimmer, camera_targets, target_of
+from split_infer.streams import Client, create_group, read_group
 
 log = logging.getLogger(__name__)
 
-# KEYS: done key, target stream (detections, or the dropped stream for a shed frame), frames
-# stream. ARGV: ttl, group, entry id, maxlen, live channel ('' = none), live message, then the
-# record's field/value pairs.
+# KEYS (all of one camera, so one hash slot): done key, target stream (detections, or the
+# camera's dropped stream for a shed frame), frames stream. ARGV: ttl, group, entry id, minid
+# (time-based retention, split_infer/retention.py),
+# then the record's field/value pairs. Sent as EVAL with its body: redis-py's cluster pipeline
+# refuses EVALSHA, and ~300 bytes are nothing next to a queued frame.
 WRITE_ONCE = """
 local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 if fresh then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
-  if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+  redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[4], '*', unpack(ARGV, 5))
 end
 redis.call('XACK', KEYS[3], ARGV[2], ARGV[3])
 redis.call('XDEL', KEYS[3], ARGV[3])
 if fresh then return 1 end
 return 0
 """
-DEAD_LETTER_MAXLEN = 10_000
 CLAIM_PAGES = 100  # bounded walk of a pending list per claim round
 
 
@@ -65,9 +68,10 @@ class FrameStreams:
     """Reading side of the worker: entries delivered to it wait in `backlog` until the worker ends
     them (`end`, `dead_letter`)."""
 
-    def __init__(self, r: redis.Redis, keys: Keys, settings: WorkerSettings, name: str) -> None:
+    def __init__(self, r: Client, keys: Keys, settings: WorkerSettings, name: str,
+                 retention: RetentionConfig | None = None) -> None:
         self.r, self.keys, self.s, self.name = r, keys, settings, name
-        self._write_once = r.register_script(WRITE_ONCE)
+        self.trimmer = Trimmer(r, retention)  # the trim points of the streams this worker writes
         self.cameras: dict[str, str] = {}  # frames stream -> its camera
         self.backlog: dict[tuple[str, str], Entry] = {}
         self.arrived = 0  # entries ever delivered to this worker (the policy's arrival-rate input)
@@ -92,6 +96,8 @@ class FrameStreams:
         if cameras != self.cameras:
             log.info("reading %d camera stream(s): %s", len(cameras), ", ".join(cams))
         self.cameras = cameras
+        # Retention of the streams of cameras that send nothing now (the writes trim the others).
+        self.trimmer.sweep(t for c in cams for t in camera_targets(self.keys, c))
 
     def forget_refresh(self) -> None:
         """Look at the cameras again at the next refresh (after an outage)."""
@@ -140,9 +146,8 @@ class FrameStreams:
             if block_ms:
                 time.sleep(block_ms / 1000)
             return
-        resp: Any = self.r.xreadgroup(self.keys.FRAMES_GROUP, self.name, {s: ">" for s in self.cameras}, count=want,
-                                 block=block_ms)
-        for stream, entries in resp or []:
+        resp = read_group(self.r, self.keys.FRAMES_GROUP, self.name, {s: ">" for s in self.cameras}, want, block_ms)
+        for stream, entries in resp:
             for eid, fields in entries:
                 self.arrived += 1
                 self._admit(_text(stream), _text(eid), fields or {})
@@ -158,7 +163,8 @@ class FrameStreams:
         return 1
 
     def queue_depths(self) -> dict[str, int]:
-        """XLEN per camera stream (queued + in flight), exported as queue_depth."""
+        """XLEN per camera stream (queued + in flight), exported as splitinfer_queue_depth_frames: the
+        worker owns that gauge, as the one process that polls every stream all the time (docs/metrics.md)."""
         pipe = self.r.pipeline(transaction=False)
         for stream in self.cameras:
             pipe.xlen(stream)
@@ -169,8 +175,8 @@ class FrameStreams:
 
     def dead_letter(self, stream: str, eid: str, fields: RawFields, reason: str) -> None:
         """An entry that may not even be a queued frame."""
-        self._send(DeadLetter.of_entry(stream, eid, self.cameras.get(stream, ""), fields, reason, self.name,
-                                       time.time()))
+        camera = self.cameras.get(stream) or self.keys.camera_of(stream)
+        self._send(DeadLetter.of_entry(stream, eid, camera, fields, reason, self.name, time.time()))
 
     def dead_letter_frame(self, e: Entry, reason: str) -> None:
         self._send(DeadLetter.of_frame(e.stream, e.id, e.frame, reason, self.name, time.time()))
@@ -178,8 +184,9 @@ class FrameStreams:
     def _send(self, letter: DeadLetter) -> None:
         log.error("dead-lettering %s %s (camera %s seq %s): %s", letter.stream, letter.id, letter.camera,
                   letter.seq, letter.reason)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead_letter, letter.to_fields(), maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+        pipe = self.r.pipeline(transaction=True)  # the camera's keys only: one slot on a cluster
+        dead = Target(self.keys.dead_letter_stream(letter.camera), RetainedStream.DEAD_LETTERS)
+        pipe.xadd(dead.stream, letter.to_fields(), minid=self.trimmer.minid(dead), approximate=True)
         pipe.xack(letter.stream, self.keys.FRAMES_GROUP, letter.id)
         pipe.xdel(letter.stream, letter.id)
         pipe.execute()
@@ -187,13 +194,13 @@ class FrameStreams:
         self.dead += 1
         metrics.FRAMES.labels("worker", "dead_letter").inc()
 
-    def end(self, e: Entry, target: str, record: Fields, pipe: redis.client.Pipeline,
-            live: tuple[str, str] = ("", "")) -> None:
-        """Queue on `pipe` the script that ends `e`: `record` into `target` once, published on
-        `live` (channel, message) if given; its result is 1, or 0 for a frame already ended."""
+    def end(self, e: Entry, target: str, record: Fields, pipe: redis.client.Pipeline | ClusterPipeline) -> None:
+        """Queue on `pipe` the script that ends `e`: `record` into `target` (a stream of the frame's
+        camera) once; its result is 1, or 0 for a frame already ended."""
         f = e.frame
-        argv: list[FieldValue] = [self.s.done_ttl_s, self.keys.FRAMES_GROUP, e.id, self.s.detections_maxlen, *live]
+        minid = self.trimmer.minid(target_of(self.keys, f.camera, target))
+        argv: list[FieldValue] = [self.s.done_ttl_s, self.keys.FRAMES_GROUP, e.id, minid]
         for name, value in record.items():
             argv += [name, value]
-        self._write_once(keys=[self.keys.done_key(f.camera, f.session, f.seq), target, e.stream], args=argv,
-                         client=pipe)
+        pipe.execute_command("EVAL", WRITE_ONCE, 3, self.keys.done_key(f.camera, f.session, f.seq), target, e.stream,
+                             *argv)

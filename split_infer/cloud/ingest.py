@@ -21,7 +21,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from redis.exceptions import RedisError
 
@@ -30,9 +29,12 @@ from split_infer.cloud.admission import FrameRejected, Ingest, RetryLater
 from split_infer.config import CloudConfig, EdgeToken, load_config
 from split_infer.keys import Keys
 from split_infer.model.shapes import expected_shapes
+from split_infer.observability import Probe
 from split_infer.proto import pb, pb_grpc
 from split_infer.redact import redact_url
+from split_infer.redisconn import connect_async
 from split_infer.service import StopEvent, service_main
+from split_infer.streams import AsyncClient
 from split_infer.tls import peer_identity, server_credentials
 
 log = logging.getLogger(__name__)
@@ -202,8 +204,9 @@ def grpc_options(cfg: CloudConfig) -> list[tuple[str, int]]:
             ("grpc.max_connection_idle_ms", 300000)]
 
 
-async def _watch(ingest: Ingest, health_srv: health.aio.HealthServicer, stop: asyncio.Event) -> None:
-    """Health follows Redis; cameras that went quiet are marked offline."""
+async def _watch(ingest: Ingest, health_srv: health.aio.HealthServicer, stop: asyncio.Event,
+                 probe: Probe) -> None:
+    """Health (gRPC and /readyz) follows Redis; cameras that went quiet are marked offline."""
     status = None
     while not stop.is_set():
         try:
@@ -211,6 +214,8 @@ async def _watch(ingest: Ingest, health_srv: health.aio.HealthServicer, stop: as
             ingest.redis_up()
         except RedisError as e:
             ingest.redis_down(e)
+        probe.beat()  # the event loop turns: /healthz
+        probe.set_ready(ingest.redis_ok, "Redis unreachable: frames are answered RETRY")
         new = health_pb2.HealthCheckResponse.SERVING if ingest.redis_ok else health_pb2.HealthCheckResponse.NOT_SERVING
         if new != status:
             status = new
@@ -224,13 +229,15 @@ async def _watch(ingest: Ingest, health_srv: health.aio.HealthServicer, stop: as
             pass
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+def redis_client(url: str) -> AsyncClient:
+    """One server or a cluster, as the URL says (split_infer/redisconn.py)."""
+    return connect_async(url, socket_connect_timeout=2, socket_timeout=5)
 
 
 async def serve(cfg: CloudConfig, stop: asyncio.Event, ready: asyncio.Event | None = None,
-                bound: list[int] | None = None, keys: Keys | None = None) -> None:
-    """Run the ingest until `stop` is set. `bound` (if given) receives the port actually bound."""
+                bound: list[int] | None = None, keys: Keys | None = None, probe: Probe | None = None) -> None:
+    """Run the ingest until `stop` is set. `bound` (if given) receives the port actually bound;
+    `probe` (if given) is what /healthz and /readyz report."""
     r = redis_client(cfg.redis_url)
     ingest = Ingest(cfg, r, keys)
     server = grpc.aio.server(options=grpc_options(cfg), maximum_concurrent_rpcs=cfg.ingest.max_concurrent_rpcs)
@@ -246,7 +253,7 @@ async def serve(cfg: CloudConfig, stop: asyncio.Event, ready: asyncio.Event | No
     await server.start()
     log.info("ingest listening on %s (port %d, %s), redis %s, %s cameras configured, auth %s", cfg.listen, port,
              _transport(cfg), redact_url(cfg.redis_url), len(cfg.cameras) or "any", "on" if cfg.tokens else "off")
-    watcher = asyncio.create_task(_watch(ingest, health_srv, stop))
+    watcher = asyncio.create_task(_watch(ingest, health_srv, stop, probe or Probe()))
     if ready is not None:
         ready.set()
     try:
@@ -284,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
 def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--listen", help="host:port for gRPC (default from config, 127.0.0.1:50051)")
     ap.add_argument("--redis-url", help="redis://host:port/db (default from config)")
-    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
-    ap.add_argument("--metrics-addr", default="127.0.0.1")
+    ap.add_argument("--metrics-port", type=int, default=0,
+                    help="serve /metrics, /healthz and /readyz here (0: off; 9100 in the examples)")
+    ap.add_argument("--metrics-addr", default="127.0.0.1", help="address the /metrics server binds")
     ap.add_argument("--no-shape-check-from-model", action="store_true",
                     help="do not derive the expected feature shapes from the model (then the first frame of "
                          "each camera fixes them, unless ingest.feature_shapes is configured)")
@@ -295,10 +303,12 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     cfg = load_config(args.config, CloudConfig, {"listen": args.listen, "redis_url": args.redis_url})
     if not args.no_shape_check_from_model:
         cfg = with_feature_shapes(cfg)
-    metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
+    probe = Probe(starting="gRPC server starting")
+    metrics.set_build_info(cfg.model.name, cfg.ingest.queue_codec)
+    metrics.start_metrics_server(args.metrics_port, args.metrics_addr, live=probe.live, ready=probe.ready)
 
     async def serve_until_stopped() -> None:
-        await serve(cfg, stop.asyncio_event())
+        await serve(cfg, stop.asyncio_event(), probe=probe)
 
     asyncio.run(serve_until_stopped())
     return 0

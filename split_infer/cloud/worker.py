@@ -18,7 +18,6 @@ import threading
 import time
 
 import numpy as np
-import redis
 from redis.exceptions import RedisError, ResponseError
 
 from split_infer import metrics
@@ -26,12 +25,18 @@ from split_infer.batching import BatchPolicy, CostModel, QueuedFrameView, QueueV
 from split_infer.batching import make_policy as make_batching_policy
 from split_infer.cloud.consumer import Entry, FrameStreams
 from split_infer.cloud.head import HeadFn, load_head, profile_head
+from split_infer.cloud.release import load_release, model_version_arg
+from split_infer.cloud.shadow import Shadow
 from split_infer.codec import CodecError, make_decoder
 from split_infer.config import CloudConfig, load_config
 from split_infer.keys import Keys
+from split_infer.observability import Probe
 from split_infer.records import DetectedObject, DetectionResult, ShedRecord
+from split_infer.records.entries import UNVERSIONED
 from split_infer.redact import redact_url
+from split_infer.redisconn import connect
 from split_infer.service import StopEvent, service_main
+from split_infer.streams import Client, publish_all
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +46,24 @@ Decoded = list[tuple[Entry, dict[str, np.ndarray]]]
 
 
 class Worker:
-    def __init__(self, cfg: CloudConfig, r: redis.Redis, head: HeadFn, policy: BatchPolicy | None = None,
-                 name: str | None = None, keys: Keys | None = None) -> None:
+    def __init__(self, cfg: CloudConfig, r: Client, head: HeadFn, policy: BatchPolicy | None = None,
+                 name: str | None = None, keys: Keys | None = None, model_version: str | None = None,
+                 shadow: Shadow | None = None) -> None:
         self.cfg, self.r, self.head = cfg, r, head
         self.s = cfg.worker
         self.keys = keys or Keys.from_env()
         self.policy = policy or TakeQueued(self.s.max_batch)
         self.prefetch = self.s.prefetch or 2 * self.s.max_batch
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.frames = FrameStreams(r, self.keys, self.s, self.name)
+        self.frames = FrameStreams(r, self.keys, self.s, self.name, cfg.retention)
         self._wait_until: float | None = None  # the policy asked to be called again then
         self._next_depth = 0.0
         self._redis_ok = True
         self.processed = self.duplicates = self.shed = 0
+        # Stamped on every record and latency sample (split_infer/cloud/release.py gives the derived one).
+        self.model_version: str = model_version or cfg.worker.release.model_version or UNVERSIONED
+        self.shadow = shadow  # a canary's: the stable model on a sample of the same features
+        self.probe = Probe()  # /healthz: the loop turns; /readyz: Redis reachable
 
     @property
     def dead(self) -> int:
@@ -79,7 +89,7 @@ class Worker:
                 continue
             f = e.frame
             record = ShedRecord(f.camera, f.session, f.seq, f.capture_ts, reason, self.name, time.time())
-            self.frames.end(e, self.keys.dropped, record.to_fields(), pipe)
+            self.frames.end(e, self.keys.dropped_stream(f.camera), record.to_fields(), pipe)
             metrics.FRAMES.labels("worker", f"shed_{reason}").inc()
             self.shed += 1
         pipe.execute()
@@ -105,8 +115,9 @@ class Worker:
         written = 0
         for items in groups.values():
             feats = {k: np.concatenate([t[k] for _, t in items], axis=0) for k in items[0][1]}
+            sizes = [(e.frame.width, e.frame.height) for e, _ in items]
             t0 = time.perf_counter()
-            dets = self.head(feats, [(e.frame.width, e.frame.height) for e, _ in items])
+            dets = self.head(feats, sizes)
             head_s = time.perf_counter() - t0
             if len(dets) != len(items):
                 raise RuntimeError(f"head returned {len(dets)} results for {len(items)} frames")
@@ -114,31 +125,40 @@ class Worker:
             metrics.BATCH_SIZE.observe(len(items))
             self.policy.on_batch_done(len(items), head_s * 1000.0, time.time())
             written += self._write([e for e, _ in items], dets, head_s, t_read)
+            if self.shadow is not None:  # after the writes: the stable model adds no latency to these frames
+                self.shadow.observe(feats, sizes, dets)
         return written
 
     def _write(self, batch: list[Entry], dets: list[list[dict]], head_s: float, t_read: float) -> int:
         done_ts = time.time()
         pipe = self.r.pipeline(transaction=False)
+        live: list[tuple[str, str]] = []
         for e, d in zip(batch, dets, strict=True):
             f = e.frame
             record = DetectionResult(
                 camera=f.camera, session=f.session, seq=f.seq, capture_ts=f.capture_ts, width=f.width,
                 height=f.height, detections=tuple(DetectedObject.from_json(x, i) for i, x in enumerate(d)),
                 done_ts=done_ts, ingest_ts=f.ingest_ts, batch=len(batch), head_ms=round(head_s * 1000, 3),
-                worker=self.name, timings=f.timings)
-            self.frames.end(e, self.keys.detections_stream(f.camera), record.to_fields(), pipe,
-                            live=(self.keys.live_detections, record.to_live_json()))
+                worker=self.name, timings=f.timings, model_version=self.model_version)
+            self.frames.end(e, self.keys.detections_stream(f.camera), record.to_fields(), pipe)
+            live.append((self.keys.live_detections, record.to_live_json()))
         written = 0
-        for e, fresh in zip(batch, pipe.execute(), strict=True):
+        fresh_live = []
+        for e, fresh, message in zip(batch, pipe.execute(), live, strict=True):
             if fresh:
+                fresh_live.append(message)
                 written += 1
                 metrics.FRAMES.labels("worker", "ok").inc()
-                metrics.INFERENCE_LATENCY.labels(e.frame.camera).observe(max(0.0, done_ts - e.frame.capture_ts))
+                metrics.INFERENCE_LATENCY.labels(e.frame.camera, self.model_version).observe(
+                    max(0.0, done_ts - e.frame.capture_ts))
                 metrics.QUEUE_DELAY.observe(max(0.0, t_read - (e.frame.ingest_ts or t_read)))
             else:
                 self.duplicates += 1
                 metrics.FRAMES.labels("worker", "duplicate").inc()
         self.processed += written
+        # Published after the records are in (the script touches only the camera's slot): a worker
+        # killed in between loses these live messages, never a record. Pub/sub is at most once anyway.
+        publish_all(self.r, fresh_live)
         return written
 
     # -- main loop -----------------------------------------------------------------------------
@@ -194,6 +214,9 @@ class Worker:
         while not stop.is_set():
             try:
                 self.step()
+                self.probe.beat()
+                self.probe.set_ready(True)
+                metrics.REDIS_UP.labels("worker").set(1)  # from the first step on, not only after an outage
                 if not self._redis_ok:
                     log.warning("Redis reachable again; resuming")
                     self._redis_ok, backoff = True, 0.2
@@ -209,6 +232,8 @@ class Worker:
                     log.error("Redis unreachable (%s: %s); retrying with backoff", type(e).__name__, e)
                     self._redis_ok = False
                     metrics.REDIS_UP.labels("worker").set(0)
+                self.probe.beat()
+                self.probe.set_ready(False, f"Redis unreachable ({type(e).__name__})")
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self.frames.forget_refresh()
@@ -256,18 +281,25 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--name", help="consumer name (default host-pid); must be unique per live worker")
     ap.add_argument("--head", default="split_infer.cloud.head:yolo_head",
                     help="module:factory(cfg) returning the head callable (default: the YOLO head)")
-    ap.add_argument("--max-frames", type=int, help="exit after writing this many records")
-    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
-    ap.add_argument("--metrics-addr", default="127.0.0.1")
+    ap.add_argument("--max-frames", type=int, help="exit after writing this many records (default: run until stopped)")
+    ap.add_argument("--model-version", type=model_version_arg,
+                    help="stamped on every record (default: worker.release.model_version, else derived)")
+    ap.add_argument("--metrics-port", type=int, default=0,
+                    help="serve /metrics, /healthz and /readyz here (0: off; 9101 in the examples)")
+    ap.add_argument("--metrics-addr", default="127.0.0.1", help="address the /metrics server binds")
 
 
 def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     cfg = load_config(args.config, CloudConfig, {"redis_url": args.redis_url})
-    metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
-    head = load_head(args.head, cfg)
-    r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2,
-                             socket_timeout=max(5, cfg.worker.block_ms / 1000 + 5))
-    worker = Worker(cfg, r, head, make_policy(cfg, head), args.name)
+    probe = Probe(starting="loading the detection head")
+    metrics.set_build_info(cfg.model.name, cfg.ingest.queue_codec)
+    metrics.start_metrics_server(args.metrics_port, args.metrics_addr, live=probe.live, ready=probe.ready)
+    release = load_release(cfg, load_head(args.head, cfg), args.head, args.model_version)
+    head = release.head
+    r = connect(cfg.redis_url, socket_connect_timeout=2, socket_timeout=max(5, cfg.worker.block_ms / 1000 + 5))
+    worker = Worker(cfg, r, head, make_policy(cfg, head), args.name, model_version=release.version,
+                    shadow=release.shadow)
+    worker.probe = probe
     log.info("worker %s up: redis %s, max batch %d", worker.name, redact_url(cfg.redis_url), cfg.worker.max_batch)
     worker.run(stop, args.max_frames)
     log.info("worker %s stopped: %d written, %d duplicates, %d shed, %d dead-lettered", worker.name,

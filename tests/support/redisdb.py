@@ -15,9 +15,11 @@ from urllib.parse import quote
 
 import pytest
 import redis
+from redis.exceptions import RedisClusterException
 
 from split_infer.apps.processes import free_port
 from split_infer.keys import Keys
+from split_infer.redisconn import connect as connect_any
 from support.processes import Services, require_binary
 from support.wait import wait_for
 
@@ -31,13 +33,13 @@ def database_url(db: int) -> str:
 
 
 def connect(url: str = REDIS_URL) -> redis.Redis:
-    """A client of the Redis at `url`, which must answer now."""
-    r = redis.Redis.from_url(url, socket_connect_timeout=2)
+    """A client of the Redis (or Redis Cluster: split_infer/redisconn.py) at `url`, which must answer now."""
     try:
+        r = connect_any(url, socket_connect_timeout=2)
         r.ping()
-    except redis.exceptions.RedisError as e:
+    except (redis.exceptions.RedisError, RedisClusterException) as e:
         pytest.fail(f"Redis is not reachable at {url} ({e}); the tests need a real Redis 7")
-    return r
+    return r  # a RedisCluster offers the same commands
 
 
 @contextlib.contextmanager
