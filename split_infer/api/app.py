@@ -17,12 +17,11 @@ from importlib import resources
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import StringConstraints
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,6 +30,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from split_infer import __version__, metrics
 from split_infer.api.auth import TICKET_TTL_S, ApiAuth, SecurityHeaders, new_key, require_read
+from split_infer.api.dashboard_routes import dashboard_routes, frame_headers, snapshot_shown
+from split_infer.api.docs import add_docs
+from split_infer.api.health import add_service_routes
+from split_infer.api.http_metrics import HttpMetrics
 from split_infer.api.live import Client, LiveHub
 from split_infer.api.models import (
     CameraCounts,
@@ -41,21 +44,32 @@ from split_infer.api.models import (
     DetectionRecord,
     ErrorBody,
     EventList,
-    Health,
+    EventType,
     InvalidBody,
     LiveTicket,
     UnixTime,
 )
+from split_infer.api.pages import CURSOR_PATTERN, POSITION_PATTERN, BadCursor, Position, parse_cursor
+from split_infer.api.replay import ID_PATTERN as REPLAY_ID_PATTERN
+from split_infer.api.replay import Cursor
 from split_infer.api.store import NotFound, Store
+from split_infer.api.versions import mount_versioned
 from split_infer.config import ApiConfig, load_config
 from split_infer.keys import CAMERA_ID_PATTERN, Keys
 from split_infer.redact import redact_url, register_url
+from split_infer.redisconn import connect_async
 from split_infer.service import StopEvent, UsageError, service_main
 
 log = logging.getLogger(__name__)
 
 CameraId = Annotated[str, Path(pattern=CAMERA_ID_PATTERN, description="camera id", examples=["cam-1"])]
 Limit = Annotated[int, Query(ge=1, le=1000, description="most items returned")]
+CURSOR_HELP = "the `next_cursor` of the previous page; without it, the first page"
+# The pattern is in the schema only: a cursor that breaks it is answered 400 with the reason, not 422.
+StreamCursor = Annotated[str | None, Query(max_length=100, description=CURSOR_HELP,
+                                           json_schema_extra={"pattern": CURSOR_PATTERN})]
+EventsCursor = Annotated[str | None, Query(max_length=100, description=CURSOR_HELP,
+                                           json_schema_extra={"pattern": POSITION_PATTERN})]
 # Every data endpoint may answer these; declared so the schema (and schemathesis) knows them.
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or invalid API key (only when keys are configured)"},
@@ -66,6 +80,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown camera, or nothing recorded yet"},
     422: {"model": InvalidBody, "description": "invalid parameter (camera id pattern, time range, limit)"},
     503: {"model": ErrorBody, "description": "Redis is unreachable; retry later"},
+}
+BAD_CURSOR: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a cursor that is not a `next_cursor` this listing handed out"},
 }
 
 
@@ -83,13 +100,22 @@ async def live_client(
     request: Request,
     camera: Annotated[list[Annotated[str, StringConstraints(pattern=CAMERA_ID_PATTERN)]],
                       Query(description="only these cameras (repeatable); default all")] = [],  # noqa: B006
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", include_in_schema=False)] = None,
+    resume: Annotated[str | None, Query(alias="last_event_id", pattern=REPLAY_ID_PATTERN,
+                                        description="replay what came after this event id first (as the "
+                                        "Last-Event-ID header, which a new EventSource cannot send)")] = None,
 ) -> Client:
     """A place in the live hub, Redis checked before a stream starts (once the response is
     streaming, no status can change); 503 when Redis is down or every place is taken."""
     s: Store = request.app.state.store
+    after = last_event_id or resume
+    try:
+        cursor = Cursor.parse(after) if after else None
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None
     await s.r.ping()
     hub: LiveHub = request.app.state.hub
-    client = hub.reserve(camera or None)
+    client = hub.reserve(camera or None, cursor)
     if client is None:
         raise HTTPException(503, f"{hub.max_clients} live connections are open already; retry later",
                             headers={"Retry-After": "5"})
@@ -118,18 +144,35 @@ class EventQuery:
     end: float
     limit: int
     type: str | None
+    cursor: str | None
 
 
 def event_query(
-    start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h")] = None,
+    start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h, or (with a cursor) "
+                                            "the stream's start")] = None,
     end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
     limit: Limit = 100,
-    type: Annotated[str | None, Query(max_length=64, description="only events of this type")] = None,
+    type: Annotated[EventType | None, Query(description="only events of this type (filtered in Redis: "
+                                            "pages are full while matches exist)")] = None,
+    cursor: StreamCursor = None,
 ) -> EventQuery:
-    return EventQuery(*_range(start, end, 3600.0), limit, type)
+    # A walk of pages goes back from its cursor: a default start of "an hour before now" would cut it short.
+    return EventQuery(*_range(0.0 if cursor is not None and start is None else start, end, 3600.0), limit, type, cursor)
+
+
+def every_event_query(
+    start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 1 h, or (with a cursor) "
+                                            "the streams' start")] = None,
+    end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
+    limit: Limit = 100,
+    type: Annotated[EventType | None, Query(description="only events of this type (filtered in Redis)")] = None,
+    cursor: EventsCursor = None,
+) -> EventQuery:
+    return event_query(start, end, limit, type, cursor)  # the same, with the every-camera cursor's pattern
 
 
 EventQueryDep = Annotated[EventQuery, Depends(event_query)]
+EveryEventQueryDep = Annotated[EventQuery, Depends(every_event_query)]
 
 
 def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float = 5.0,
@@ -153,16 +196,16 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
         description="Cameras, detections, counts and events of the split-inference pipeline, "
         "read from Redis; a live feed over Server-Sent Events; the operator dashboard at /.",
         lifespan=lifespan,
-        docs_url=None,  # Swagger UI loads from a CDN; nothing here may need the internet
+        docs_url=None,  # FastAPI's Swagger UI loads from a CDN: ours is served from a package (api/docs.py)
         redoc_url=None,
     )
-    client = redis or Redis.from_url(
+    client = redis or connect_async(  # one server or a cluster, as the URL says
         redis_url, socket_connect_timeout=1.0, socket_timeout=3.0, retry_on_timeout=False,
     )
     keys = keys or Keys.from_env()
     app.state.store = Store(client, keys)
     # The live feed's own client: its blocking XREAD never takes a connection the endpoints need.
-    live_redis = redis or Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+    live_redis = redis or connect_async(redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
     app.state.hub = LiveHub(Store(live_redis, keys), stale_after_s, cfg.max_live, cfg.live_max_s, cfg.live_queue)
     app.state.auth = ApiAuth(cfg.api_keys, cfg.rate_per_s, cfg.rate_burst)
     if not cfg.api_keys:
@@ -172,13 +215,16 @@ def create_app(redis_url: str = "redis://127.0.0.1:6379/0", stale_after_s: float
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization"], max_age=600)
+    app.add_middleware(HttpMetrics)  # outermost: counts every answer, 429s and CORS preflights included
     _error_handlers(app, redis_url)
-    _service_routes(app, stale_after_s)
+    add_service_routes(app)  # /healthz, /readyz, /metrics (split_infer/api/health.py)
     router = APIRouter(dependencies=[Depends(require_read)])
     _data_routes(router, stale_after_s)
     _analytics_routes(router)
     _live_routes(router)
-    app.include_router(router)
+    dashboard_routes(router, ERRORS)  # frame records, scenes, history (split_infer/api/dashboard_routes.py)
+    mount_versioned(app, router)  # /api/v1/..., and /api/... as the deprecated alias (split_infer/api/versions.py)
+    add_docs(app)  # Swagger UI at /docs, offline
 
     static = resources.files("split_infer.api") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
@@ -210,118 +256,101 @@ def _error_handlers(app: FastAPI, redis_url: str) -> None:
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(BadCursor)
+    async def _bad_cursor(request: Request, exc: BadCursor) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
     @app.exception_handler(BadRange)
     async def _bad_range(request: Request, exc: BadRange) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
-def _service_routes(app: FastAPI, stale_after_s: float) -> None:
-    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["service"])
-    async def healthz(s: StoreDep) -> Response:
-        """Ready when Redis answers; 503 (with the reason) when it does not."""
-        try:
-            await s.r.ping()
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            metrics.REDIS_UP.labels("api").set(0)
-            body = Health(status="degraded", redis="down", detail=f"Redis unreachable: {e}")
-            return JSONResponse(body.model_dump(), status_code=503)
-        metrics.REDIS_UP.labels("api").set(1)
-        return JSONResponse(Health(status="ok", redis="ok").model_dump())
-
-    @app.get("/metrics", response_class=Response, tags=["service"],
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
-    async def prometheus(s: StoreDep) -> Response:
-        """Prometheus metrics; camera_up and queue_depth are refreshed from Redis at each scrape."""
-        try:
-            states = await s.camera_states(stale_after_s)
-            async with s.r.pipeline(transaction=False) as p:
-                for state in states:
-                    p.xlen(s.keys.frames_stream(state.id))
-                depths = await p.execute()
-            for state, depth in zip(states, depths, strict=True):
-                metrics.CAMERA_UP.labels(state.id).set(1 if state.online else 0)
-                metrics.QUEUE_DEPTH.labels(state.id).set(depth)
-            metrics.REDIS_UP.labels("api").set(1)
-        except (RedisConnectionError, RedisTimeoutError):
-            metrics.REDIS_UP.labels("api").set(0)  # still serve the metrics: redis_up says why
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 def _data_routes(app: APIRouter, stale_after_s: float) -> None:
-    @app.get("/api/cameras", response_model=CameraList, responses={503: ERRORS[503], **AUTH_ERRORS},
-             tags=["cameras"])
+    @app.get("/cameras", response_model=CameraList, responses={503: ERRORS[503], **AUTH_ERRORS},
+             tags=["cameras"], operation_id="list_cameras")
     async def list_cameras(s: StoreDep) -> CameraList:
         """Every known camera with its state: online, fps, bytes per second, last frame time."""
         return CameraList(server_ts=time.time(), stale_after_s=stale_after_s,
                           cameras=await s.camera_states(stale_after_s))
 
-    @app.get("/api/cameras/{camera}", response_model=CameraView, responses=ERRORS, tags=["cameras"])
+    @app.get("/cameras/{camera}", response_model=CameraView, responses=ERRORS, tags=["cameras"],
+             operation_id="get_camera")
     async def get_camera(camera: CameraId, s: StoreDep) -> CameraView:
         await s.require_camera(camera)
         return (await s.camera_states(stale_after_s, only=[camera]))[0]
 
-    @app.get("/api/cameras/{camera}/snapshot.jpg", response_class=Response, tags=["cameras"],
+    @app.get("/cameras/{camera}/snapshot.jpg", response_class=Response, tags=["cameras"], operation_id="get_snapshot",
              responses={200: {"content": {"image/jpeg": {}}, "description": "the latest JPEG thumbnail"},
                         **ERRORS})
     async def get_snapshot(camera: CameraId, s: StoreDep) -> Response:
-        """The latest JPEG thumbnail the edge sent for this camera (only if it is a JPEG)."""
-        jpeg = await s.snapshot(camera)
+        """The latest JPEG thumbnail the edge sent for this camera (only if it is a JPEG). Headers
+        X-Frame-Session, X-Frame-Seq, X-Frame-Capture-Ts and X-Frame-Codec name the frame it shows
+        (absent when that is not known): its boxes are GET .../detections/frame?session=&seq=."""
+        jpeg, shown = await snapshot_shown(s, camera)
         if not jpeg.startswith(JPEG_MAGIC):  # never serve other bytes (HTML...) labelled image/jpeg
             log.warning("camera %s: the stored snapshot is not a JPEG (%d bytes); not served", camera, len(jpeg))
             raise NotFound(f"camera {camera!r} has no valid snapshot (the stored one is not a JPEG)")
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store", **frame_headers(shown)})
 
-    @app.get("/api/cameras/{camera}/detections/latest", response_model=DetectionRecord,
-             responses=ERRORS, tags=["detections"])
+    @app.get("/cameras/{camera}/detections/latest", response_model=DetectionRecord,
+             responses=ERRORS, tags=["detections"], operation_id="get_latest_detections")
     async def get_latest(camera: CameraId, s: StoreDep) -> DetectionRecord:
         """The newest detection record of a camera."""
         return await s.latest_detections(camera)
 
-    @app.get("/api/cameras/{camera}/detections", response_model=DetectionHistory,
-             responses=ERRORS, tags=["detections"])
+    @app.get("/cameras/{camera}/detections", response_model=DetectionHistory,
+             responses={**ERRORS, **BAD_CURSOR}, tags=["detections"], operation_id="list_detections")
     async def get_history(
         camera: CameraId, s: StoreDep,
         start: Annotated[UnixTime | None, Query(description="from (unix s); default end - 60 s")] = None,
         end: Annotated[UnixTime | None, Query(description="to (unix s); default now (or start, if later)")] = None,
         limit: Limit = 100,
+        cursor: StreamCursor = None,
     ) -> DetectionHistory:
-        """Detection records written in [start, end], oldest first (by the time they were written)."""
+        """Detection records written in [start, end], oldest first (by the time they were written),
+        a page at a time: `next_cursor` continues after this page's last record."""
+        after = parse_cursor(cursor) if cursor is not None else None  # '' too is malformed: 400
         start, end = _range(start, end, 60.0)
-        records, truncated, skipped = await s.detection_history(camera, start, end, limit)
-        return DetectionHistory(camera=camera, start=start, end=end, records=records,
-                                truncated=truncated, skipped=skipped)
+        page = await s.detection_history(camera, start, end, limit, after)
+        return DetectionHistory(camera=camera, start=start, end=end, records=page.items,
+                                truncated=page.next_cursor is not None, skipped=page.skipped,
+                                next_cursor=page.next_cursor)
 
 
 
 def _analytics_routes(app: APIRouter) -> None:
-    @app.get("/api/counts", response_model=CountsList, responses={503: ERRORS[503], **AUTH_ERRORS},
-             tags=["analytics"])
+    @app.get("/counts", response_model=CountsList, responses={503: ERRORS[503], **AUTH_ERRORS},
+             tags=["analytics"], operation_id="list_counts")
     async def all_counts(s: StoreDep) -> CountsList:
         """Line and zone counts of every camera."""
         return CountsList(cameras=[await s.counts(c) for c in await s.camera_ids()])
 
-    @app.get("/api/cameras/{camera}/counts", response_model=CameraCounts, responses=ERRORS, tags=["analytics"])
+    @app.get("/cameras/{camera}/counts", response_model=CameraCounts, responses=ERRORS, tags=["analytics"],
+             operation_id="get_camera_counts")
     async def camera_counts(camera: CameraId, s: StoreDep) -> CameraCounts:
         """Counts per line (in/out per class) and zone (occupancy, entries, dwell), rates, congestion."""
         return await s.counts(camera)
 
-    @app.get("/api/cameras/{camera}/events", response_model=EventList, responses=ERRORS, tags=["analytics"])
+    @app.get("/cameras/{camera}/events", response_model=EventList, responses={**ERRORS, **BAD_CURSOR},
+             tags=["analytics"], operation_id="list_camera_events")
     async def camera_events(camera: CameraId, s: StoreDep, q: EventQueryDep) -> EventList:
-        """Line crossings and zone entries/exits, newest first."""
-        events, skipped = await s.events(camera, q.start, q.end, q.limit, q.type)
-        return EventList(events=events, skipped=skipped)
+        """Line crossings and zone entries/exits, newest first, a page at a time (`next_cursor`)."""
+        before = parse_cursor(q.cursor) if q.cursor is not None else None
+        page = await s.events(camera, q.start, q.end, q.limit, q.type, before)
+        return EventList(events=page.items, skipped=page.skipped, next_cursor=page.next_cursor)
 
-    @app.get("/api/events", response_model=EventList,
-             responses={503: ERRORS[503], 422: ERRORS[422], **AUTH_ERRORS}, tags=["analytics"])
-    async def every_event(s: StoreDep, q: EventQueryDep) -> EventList:
-        """Events of every camera, newest first."""
-        events, skipped = await s.all_events(q.start, q.end, q.limit, q.type)
-        return EventList(events=events, skipped=skipped)
+    @app.get("/events", response_model=EventList, operation_id="list_events", tags=["analytics"],
+             responses={503: ERRORS[503], 422: ERRORS[422], **BAD_CURSOR, **AUTH_ERRORS})
+    async def every_event(s: StoreDep, q: EveryEventQueryDep) -> EventList:
+        """Events of every camera, newest first (by stream id, then camera), a page at a time."""
+        before = Position.parse(q.cursor) if q.cursor is not None else None
+        page = await s.all_events(q.start, q.end, q.limit, q.type, before)
+        return EventList(events=page.items, skipped=page.skipped, next_cursor=page.next_cursor)
 
 
 
 def _live_routes(app: APIRouter) -> None:
-    @app.get("/api/live", response_class=EventSourceResponse, tags=["live"],
+    @app.get("/live", response_class=EventSourceResponse, tags=["live"], operation_id="live_feed",
              responses={code: {"description": ERRORS[code]["description"],  # JSON, not an event stream
                                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{m}"}}}}
                         for code, m in ((401, "ErrorBody"), (422, "InvalidBody"), (429, "ErrorBody"),
@@ -336,7 +365,8 @@ def _live_routes(app: APIRouter) -> None:
         async for ev in request.app.state.hub.stream(client):
             yield ev
 
-    @app.post("/api/live/ticket", response_model=LiveTicket, responses=AUTH_ERRORS, tags=["live"])
+    @app.post("/live/ticket", response_model=LiveTicket, responses=AUTH_ERRORS, tags=["live"],
+              operation_id="create_live_ticket")
     async def live_ticket(request: Request, key: Annotated[Any, Depends(require_read)]) -> LiveTicket:
         """A short-lived ticket for `/api/live?ticket=...` (for EventSource, which cannot send headers)."""
         return LiveTicket(ticket=request.app.state.auth.issue_ticket(key), expires_in=TICKET_TTL_S)
@@ -351,12 +381,14 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--redis-url", default=None, help="default from config, else redis://127.0.0.1:6379/0")
     ap.add_argument("--listen", default=None, help="host:port (default from config, else 127.0.0.1:8080)")
     ap.add_argument("--prefix", default=None, help="Redis key prefix (default: env SPLIT_INFER_PREFIX or 'si')")
-    ap.add_argument("--stale-after", type=float, default=None, help="seconds without frames before a camera is offline")
+    ap.add_argument("--stale-after", type=float, default=None, help="seconds without frames before a camera is offline "
+                                                                     "(default from config)")
     ap.add_argument("--api-key-sha256", action="append", default=None, metavar="HEX",
-                    help="sha256 of an accepted API key (scope read); repeatable, adds to the config's")
+                    help="sha256 of an accepted API key (scope read); repeatable, adds to the config's (default: none)")
     ap.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                     help="an origin allowed to call the API from a browser; repeatable (default: none)")
-    ap.add_argument("--max-live", type=int, default=None, help="most concurrent /api/live connections")
+    ap.add_argument("--max-live", type=int, default=None,
+                    help="most concurrent /api/live connections (default from config)")
     ap.add_argument("--new-key", action="store_true", help="print a new random API key and its config entry, then exit")
 
 
@@ -389,6 +421,7 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
         raise UsageError(f"--redis-url {redact_url(cfg.redis_url)!r}: {e}") from None
     print(f"split-infer api: dashboard at http://{host}:{port}/  (OpenAPI schema at /openapi.json, "
           f"Redis {redact_url(cfg.redis_url)}, {len(cfg.api_keys)} API key(s))", flush=True)
+    metrics.set_build_info(None, None)  # the API runs no model and no codec
     # log_config=None: uvicorn's loggers keep the process's one set-up (format, --log-level).
     uvicorn.run(app, host=host, port=int(port), log_config=None)
     return 0

@@ -119,7 +119,7 @@ async def require_read(
         return None
     key = auth.check_key(creds.credentials) if creds is not None else None
     ticket = request.query_params.get("ticket")
-    if key is None and ticket and request.url.path == "/api/live":
+    if key is None and ticket and request.url.path in ("/api/live", "/api/v1/live"):
         key = auth.check_ticket(ticket)
     if key is None:
         raise HTTPException(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",

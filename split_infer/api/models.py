@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from split_infer.records.entries import UNVERSIONED
+
 # Time bounds in unix seconds; the upper bound keeps millisecond stream ids in 64 bits.
 UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, description="unix time, seconds")]
 
@@ -26,6 +28,7 @@ class Detection(Model):
 class DetectionRecord(Model):
     id: str = Field(description="Redis stream id of the record (ms-seq, ordered by write time)")
     camera: str
+    session: str = Field(default="", description="edge session of the frame (with seq, names the frame)")
     seq: int
     capture_ts: float = Field(description="when the edge captured the frame, unix seconds")
     done_ts: float = Field(description="when the worker finished the detection, unix seconds")
@@ -33,6 +36,8 @@ class DetectionRecord(Model):
     width: int = Field(description="frame width the boxes refer to")
     height: int
     detections: list[Detection]
+    model_version: str = Field(default=UNVERSIONED, max_length=64,
+                               description="the worker's model (docs/canary.md); 'unversioned' for older records")
 
 
 class DetectionHistory(Model):
@@ -42,6 +47,8 @@ class DetectionHistory(Model):
     records: list[DetectionRecord]
     truncated: bool = Field(description="more records lie in the range than `limit` returned")
     skipped: int = Field(description="malformed records in the range that could not be read")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page (the stream id of this "
+                                    "page's last record); null: the range holds no more records")
 
 
 class CameraView(Model):
@@ -53,6 +60,7 @@ class CameraView(Model):
     last_seen_ts: float | None = Field(description="when the ingest received the last frame (unix s)")
     age_s: float | None = Field(description="seconds since the ingest received the last frame")
     latency_s: float | None = Field(description="capture to detection of the latest record")
+    model_version: str | None = Field(default=None, description="model_version of the latest record")
     frames_total: int | None = Field(description="frames the ingest accepted")
     bytes_total: int | None = Field(description="feature bytes the ingest accepted")
     rejected_total: int | None = Field(description="frames the ingest rejected")
@@ -115,6 +123,9 @@ class CountsList(Model):
     cameras: list[CameraCounts]
 
 
+EventType = Literal["line_cross", "zone_enter", "zone_exit"]
+
+
 class Event(Model):
     id: str = Field(description="Redis stream id")
     camera: str
@@ -133,6 +144,9 @@ class Event(Model):
 class EventList(Model):
     events: list[Event]
     skipped: int = Field(description="malformed entries in the range that could not be read")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: the range holds no "
+                                    "more events. A page may be short (even empty) and still have one, when "
+                                    "the request's scan bound was reached first: go on from it")
 
 
 class Health(Model):

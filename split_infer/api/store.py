@@ -12,7 +12,6 @@ from dataclasses import asdict
 from typing import Any
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from split_infer.api.models import (
     CameraCounts,
@@ -24,8 +23,11 @@ from split_infer.api.models import (
     MinuteCounts,
     ZoneCounts,
 )
+from split_infer.api.pages import SCAN_BUDGET, Page, Position, scan_newest_first, upper
 from split_infer.keys import Keys
 from split_infer.records import AnalyticsCounts, AnalyticsEvent, CameraStatus, DetectionResult, RawFields, RecordError
+from split_infer.retention import StreamId
+from split_infer.streams import AsyncClient
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,8 @@ def camera_view(camera: str, status: CameraStatus, latest: DetectionRecord | Non
     return CameraView(
         id=camera, online=online, fps=status.fps if online else idle,
         bytes_per_s=status.bytes_per_s if online else idle, last_frame_ts=status.last_frame_ts,
-        last_seen_ts=seen, age_s=age, latency_s=latest.latency_s if latest else None, frames_total=status.frames,
+        last_seen_ts=seen, age_s=age, latency_s=latest.latency_s if latest else None,
+        model_version=latest.model_version if latest else None, frames_total=status.frames,
         bytes_total=status.bytes, rejected_total=status.rejected, dropped_edge_total=status.dropped_edge,
         session=status.session, peer=status.peer,
     )
@@ -71,9 +74,10 @@ def detection_record(camera: str, entry_id: bytes | str, fields: RawFields) -> D
         if rec.done_ts is None:
             raise RecordError("the record has no time of detection")
         return DetectionRecord(
-            id=as_str(entry_id), camera=rec.camera, seq=rec.seq, capture_ts=rec.capture_ts, done_ts=rec.done_ts,
-            latency_s=max(0.0, rec.done_ts - rec.capture_ts), width=rec.width, height=rec.height,
+            id=as_str(entry_id), camera=rec.camera, session=rec.session, seq=rec.seq, capture_ts=rec.capture_ts,
+            done_ts=rec.done_ts, latency_s=max(0.0, rec.done_ts - rec.capture_ts), width=rec.width, height=rec.height,
             detections=[Detection.model_validate(d.to_json()) for d in rec.detections],
+            model_version=rec.model_version,
         )
     except (RecordError, ValidationError, TypeError, RecursionError) as e:  # RecordError is the promise
         log.warning("skipping malformed detection record %s of %s: %s", as_str(entry_id), camera, e)
@@ -110,8 +114,9 @@ def camera_counts(camera: str, counts: AnalyticsCounts) -> CameraCounts:
 class Store:
     """The pipeline's Redis as the API reads it: one client, one deployment's keys."""
 
-    def __init__(self, r: Redis, keys: Keys) -> None:
+    def __init__(self, r: AsyncClient, keys: Keys, scan_budget: int = SCAN_BUDGET) -> None:  # one server or a cluster
         self.r, self.keys = r, keys
+        self.scan_budget = scan_budget  # stream entries a filtered page may examine per camera
 
     async def camera_ids(self) -> list[str]:
         return sorted(as_str(m) for m in await self.r.smembers(self.keys.cameras))
@@ -145,38 +150,60 @@ class Store:
                 return rec
         raise NotFound(f"camera {camera!r} has no detection records yet")
 
-    async def detection_history(self, camera: str, start: float, end: float,
-                                limit: int) -> tuple[list[DetectionRecord], bool, int]:
-        """Records written in [start, end] (oldest first), whether more exist, how many were bad."""
+    async def detection_history(self, camera: str, start: float, end: float, limit: int,
+                                after: StreamId | None = None) -> Page[DetectionRecord]:
+        """Records written in [start, end] (oldest first), after the cursor `after` if given."""
         await self.require_camera(camera)
-        entries: Any = await self.r.xrange(self.keys.detections_stream(camera), min=ms_id(start), max=ms_id(end),
+        lower = f"({after}" if after is not None and after >= StreamId(ms_id(start)) else str(ms_id(start))
+        entries: Any = await self.r.xrange(self.keys.detections_stream(camera), min=lower, max=ms_id(end),
                                            count=limit + 1)
-        truncated = len(entries) > limit
-        records = [detection_record(camera, i, f) for i, f in entries[:limit]]
+        page = entries[:limit]
+        records = [detection_record(camera, i, f) for i, f in page]
         good = [x for x in records if x is not None]
-        return good, truncated, len(records) - len(good)
+        more = len(entries) > limit
+        return Page(good, as_str(page[-1][0]) if more else None, len(records) - len(good))
 
-    async def events(self, camera: str, start: float, end: float, limit: int,
-                     type_: str | None) -> tuple[list[Event], int]:
-        """Newest-first events of one camera in [start, end], and how many were malformed."""
+    async def events(self, camera: str, start: float, end: float, limit: int, type_: str | None,
+                     before: StreamId | None = None, budget: int | None = None) -> Page[Event]:
+        """Newest-first events of one camera in [start, end] (of one type, if given), before the
+        cursor `before` if given; filtered in Redis (split_infer/api/pages.py)."""
         await self.require_camera(camera)
-        entries: Any = await self.r.xrevrange(self.keys.events_stream(camera), max=ms_id(end), min=ms_id(start),
-                                              count=limit if type_ is None else limit * 10)
-        parsed = [event(camera, i, f) for i, f in entries]
-        good = [e for e in parsed if e is not None and (type_ is None or e.type == type_)]
-        return good[:limit], len(parsed) - sum(e is not None for e in parsed)
+        scan = await scan_newest_first(self.r, self.keys.events_stream(camera), upper(ms_id(end), before),
+                                       str(ms_id(start)), type_, limit, budget or self.scan_budget)
+        parsed = [event(camera, i, f) for i, f in scan.entries]
+        good = [e for e in parsed if e is not None]
+        return Page(good, None if scan.cursor is None else str(scan.cursor), len(parsed) - len(good))
 
-    async def all_events(self, start: float, end: float, limit: int,
-                         type_: str | None) -> tuple[list[Event], int]:
-        """Newest-first events of every camera in [start, end]."""
-        merged: list[Event] = []
+    async def all_events(self, start: float, end: float, limit: int, type_: str | None,
+                         before: Position | None = None) -> Page[Event]:
+        """Newest-first events of every camera, ordered by (stream id, camera).
+
+        Each camera is scanned for up to `limit` matches within its share of the budget. A camera
+        that stopped early (page full, or budget spent) was examined only down to its cursor: the
+        page keeps what lies at or above the highest such cursor, so nothing below it is skipped,
+        and goes on from there."""
+        cams = await self.camera_ids()
+        budget = max(limit + 1, self.scan_budget // max(1, len(cams)))
+        found: list[tuple[Position, Event]] = []
+        frontier: Position | None = None
         skipped = 0
-        for cam in await self.camera_ids():
-            evs, bad = await self.events(cam, start, end, limit, type_)
-            merged += evs
-            skipped += bad
-        merged.sort(key=lambda e: (e.ts, e.id), reverse=True)
-        return merged[:limit], skipped
+        for cam in cams:
+            hi = str(ms_id(end)) if before is None or before.id.ms > ms_id(end) else before.upper_bound(cam)
+            scan = await scan_newest_first(self.r, self.keys.events_stream(cam), hi, str(ms_id(start)), type_,
+                                           limit, budget)
+            for eid, fields in scan.entries:
+                ev = event(cam, eid, fields)
+                if ev is None:
+                    skipped += 1
+                else:
+                    found.append((Position(StreamId.parse(eid), cam), ev))
+            if scan.cursor is not None:
+                frontier = max(frontier, Position(scan.cursor, cam)) if frontier else Position(scan.cursor, cam)
+        found.sort(key=lambda pe: pe[0], reverse=True)
+        kept = [pe for pe in found if frontier is None or pe[0] >= frontier]
+        if len(kept) > limit:
+            return Page([e for _, e in kept[:limit]], str(kept[limit - 1][0]), skipped)
+        return Page([e for _, e in kept], None if frontier is None else str(frontier), skipped)
 
     async def counts(self, camera: str) -> CameraCounts:
         await self.require_camera(camera)
