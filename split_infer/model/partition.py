@@ -17,6 +17,7 @@ from torch import nn
 
 from split_infer.model.loading import load_model
 from split_infer.model.preprocess import parse_imgsz
+from split_infer.service import EXIT_CODES_EPILOG, HelpFormatter, checked
 
 # One layer of a YOLO graph: an nn.Module that its builder gave `.i` (its index) and `.f` (the
 # indices it reads), besides its family's submodules. Loosely typed on purpose: torch types every
@@ -140,13 +141,14 @@ def cut_table(model: nn.Module, imgsz: tuple[int, int]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="split-infer cuts", description="Tensors that cross each cut of a model.")
-    parser.add_argument("--model", default="yolov5s")
-    parser.add_argument("--imgsz", default="640x384", help="WIDTHxHEIGHT, multiples of 32")
+    parser = argparse.ArgumentParser(prog="split-infer cuts", description="Tensors that cross each cut of a model.",
+                                     formatter_class=HelpFormatter, epilog=EXIT_CODES_EPILOG)
+    parser.add_argument("--model", default="yolov5s", help="model name (yolov5s, yolov5n) or checkpoint path")
+    parser.add_argument("--imgsz", type=checked(parse_imgsz), default="640x384", help="WIDTHxHEIGHT, multiples of 32")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     try:
-        rows = cut_table(load_model(args.model), parse_imgsz(args.imgsz))
+        rows = cut_table(load_model(args.model), args.imgsz)
     except (ValueError, RuntimeError) as e:
         print(f"split-infer cuts: {e}", file=sys.stderr)
         return 1

