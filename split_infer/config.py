@@ -14,16 +14,25 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from split_infer.analytics.mqtt_config import MqttConfig
+from split_infer.analytics.scene_config import (  # noqa: F401  (re-exported: the lines and zones of a camera)
+    TRAFFIC_CLASSES,
+    AnalyticsSettings,
+    LineConfig,
+    SceneMixin,
+    Units,
+    ZoneConfig,
+    check_zone_names,
+)
+from split_infer.cloud.release_config import ModelRelease
 from split_infer.codec import DEFAULT_CODEC
 from split_infer.keys import CAMERA_ID_PATTERN
 from split_infer.redact import register_config
+from split_infer.redisconn import check_redis_url
+from split_infer.retention import RetentionConfig
 from split_infer.secret_source import read_secret
-
-# Classes that traffic analytics count (COCO names).
-TRAFFIC_CLASSES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 
 
 class Strict(BaseModel):
@@ -33,40 +42,9 @@ class Strict(BaseModel):
 S = TypeVar("S", bound=Strict)
 
 
-class LineConfig(Strict):
-    """A counting line in original-frame pixels; 'in' is the side on the left of a -> b."""
+class CameraConfig(SceneMixin):
+    """A camera: its source (edge) and its lines and zones (analytics; units, frame_size: SceneMixin)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_. -]{1,64}$")  # no ':' (it separates Redis hash fields)
-    a: tuple[float, float]
-    b: tuple[float, float]
-    classes: list[str] = Field(default_factory=lambda: list(TRAFFIC_CLASSES))
-    margin: float = Field(default=8.0, ge=0)  # px beyond the line before a side counts (anti-jitter)
-
-    @field_validator("b")
-    @classmethod
-    def _two_points(cls, v: tuple[float, float], info) -> tuple[float, float]:
-        if tuple(info.data.get("a") or ()) == tuple(v):
-            raise ValueError("a counting line needs two distinct points a and b")
-        return v
-
-
-class ZoneConfig(Strict):
-    """A polygon zone in original-frame pixels; an object is inside by its box's bottom centre."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_. -]{1,64}$")
-    polygon: list[tuple[float, float]]
-    classes: list[str] = Field(default_factory=lambda: list(TRAFFIC_CLASSES))
-    margin: float = Field(default=4.0, ge=0)  # px inside to enter, outside to exit (anti-jitter)
-
-    @field_validator("polygon")
-    @classmethod
-    def _at_least_triangle(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        if len(v) < 3:
-            raise ValueError("a zone polygon needs at least three points")
-        return v
-
-
-class CameraConfig(Strict):
     id: str = Field(pattern=CAMERA_ID_PATTERN)
     url: str  # rtsp://, http(s)://, a file path, or a device index such as "0"
     fps: float | None = Field(default=None, gt=0)  # cap; None = as fast as the model allows
@@ -76,8 +54,6 @@ class CameraConfig(Strict):
     # (tests and benchmarks that must process a known set of frames).
     realtime: bool = True
     snapshot_interval_s: float = Field(default=2.0, gt=0)
-    lines: list[LineConfig] = Field(default_factory=list)
-    zones: list[ZoneConfig] = Field(default_factory=list)
 
 
 class ModelConfig(Strict):
@@ -176,10 +152,7 @@ class EdgeConfig(Strict):
     @field_validator("cameras")
     @classmethod
     def _unique_ids(cls, v: list[CameraConfig]) -> list[CameraConfig]:
-        ids = [c.id for c in v]
-        if len(ids) != len(set(ids)):
-            raise ValueError(f"camera ids must be unique, got {ids}")
-        return v
+        return checked_cameras(v)
 
     @model_validator(mode="after")
     def _secret_token(self) -> EdgeConfig:
@@ -229,7 +202,6 @@ class WorkerSettings(Strict):
     claim_interval_s: float = Field(default=2.0, gt=0)
     max_deliveries: int = Field(default=5, ge=1)  # then the frame goes to the dead-letter stream
     done_ttl_s: int = Field(default=3600, ge=1)  # how long (camera, session, seq) stays deduplicated
-    detections_maxlen: int = Field(default=100_000, ge=1)  # approximate cap per detections stream
     streams_refresh_s: float = Field(default=2.0, gt=0)  # how often new cameras are discovered
     # Batching policy (split_infer.batching.policy): adaptive picks each batch from the measured
     # cost per batch size and the latency objective (latency_slo_ms); fixed/triton/aimd for comparison.
@@ -241,6 +213,8 @@ class WorkerSettings(Strict):
     # CPU threads for the head (torch and OpenVINO); None = the runtime's default (every core).
     # On a machine shared with an edge node, 1 avoids two runtimes fighting over the same cores.
     head_threads: int | None = Field(default=None, ge=1)
+    # Its model_version, codec model and, on a canary, the stable model it shadows (docs/canary.md).
+    release: ModelRelease = Field(default_factory=ModelRelease)
 
 
 class EdgeToken(Strict):
@@ -275,6 +249,7 @@ class EdgeToken(Strict):
 
 def with_redis_secret(redis_url: str, password_file: Path | None) -> str:
     """`redis_url` with the password from `password_file` or $SPLIT_INFER_REDIS_PASSWORD put in."""
+    check_redis_url(redis_url)  # one server or a Redis Cluster (split_infer/redisconn.py)
     password = read_secret(None, password_file, REDIS_PASSWORD_ENV, "redis_password")
     if password and urlsplit(redis_url).password is None:
         return redis_url_with_password(redis_url, password)
@@ -286,12 +261,17 @@ def with_redis_secret(redis_url: str, password_file: Path | None) -> str:
 class CloudConfig(Strict):
     # redis:// or rediss:// (TLS: ?ssl_ca_certs=/path/ca.pem), ACL user as redis://user@host; the
     # password from redis_password_file or $SPLIT_INFER_REDIS_PASSWORD, never in the YAML.
+    # redis+cluster://host:port[,host:port...] (rediss+cluster://): a Redis Cluster (docs/redis.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: Path | None = None
     listen: str = "127.0.0.1:50051"
     tls: IngestTLS = Field(default_factory=IngestTLS)  # gRPC from the edges
     tokens: list[EdgeToken] = Field(default_factory=list)  # accepted edge tokens; empty = no auth
     cameras: list[CameraConfig] = Field(default_factory=list)  # known cameras (and their analytics)
+    # Edge configs (or any YAML with a `cameras:` list) whose cameras join `cameras`: one camera list
+    # for the edge and the cloud. Relative paths are relative to this file (docs/analytics.md).
+    camera_files: list[Path] = Field(default_factory=list, exclude=True)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     head_runtime: Literal["auto", "torch", "openvino"] = "auto"
     max_queue: int = Field(default=2000, ge=1)  # per-camera stream length before push-back
@@ -299,6 +279,7 @@ class CloudConfig(Strict):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     mqtt: MqttConfig | None = None  # analytics mirrors its events to this broker (docs/analytics.md, "MQTT")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)  # per stream, by time (docs/retention.md)
 
     @field_validator("tokens", mode="before")
     @classmethod
@@ -319,6 +300,15 @@ class CloudConfig(Strict):
     @model_validator(mode="after")
     def _secret_redis_password(self) -> CloudConfig:
         self.redis_url = with_redis_secret(self.redis_url, self.redis_password_file)
+        return self
+
+    @model_validator(mode="after")
+    def _camera_list(self, info: ValidationInfo) -> CloudConfig:
+        base = Path((info.context or {}).get("config_dir", "."))
+        for path in self.camera_files:
+            self.cameras += cameras_of_file(path if path.is_absolute() else base / path)
+        self.camera_files = []  # taken in; a re-validated dump must not take them twice
+        self.cameras = checked_cameras(self.cameras)
         return self
 
 
@@ -351,6 +341,25 @@ class ApiConfig(Strict):
         return self
 
 
+def checked_cameras(cameras: list[CameraConfig]) -> list[CameraConfig]:
+    ids = [c.id for c in cameras]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"camera ids must be unique, got {sorted(i for i in set(ids) if ids.count(i) > 1)} twice")
+    check_zone_names(cameras)
+    return cameras
+
+
+def cameras_of_file(path: Path) -> list[CameraConfig]:
+    """The `cameras:` list of another config file (an edge's), validated as here."""
+    try:
+        data = substitute_env(_read_mapping(path), str(path))
+        return [CameraConfig.model_validate(c) for c in data.get("cameras") or []]
+    except ConfigError as e:
+        raise ValueError(f"camera_files: {e}") from None
+    except ValidationError as e:
+        raise ValueError(f"camera_files: {path}: cameras: {describe_errors(e)}") from None
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file, the field and the problem."""
 
@@ -365,7 +374,7 @@ def load_config(path: str | Path | None, kind: type[S], overrides: dict[str, Any
         data.update(given)
         source += " with command-line overrides"
     try:
-        cfg = kind.model_validate(data)
+        cfg = kind.model_validate(data, context={"config_dir": Path(path).parent if path else Path(".")})
     except ValidationError as e:
         raise ConfigError(f"{source}: invalid configuration: {describe_errors(e)}") from None
     register_config(cfg)  # its tokens, passwords and URL credentials never reach a log line

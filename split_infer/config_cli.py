@@ -125,7 +125,7 @@ def check_file(path: Path, kind: str | None = None) -> list[Problem]:
     problems: list[Problem] = []
     data = _substitute(data, root, str(path), problems)
     try:
-        KINDS[kind].model_validate(data)
+        KINDS[kind].model_validate(data, context={"config_dir": path.parent})  # camera_files are relative to it
     except ValidationError as e:
         for err in e.errors():
             loc = err["loc"]

@@ -2,6 +2,10 @@
 
 All times are capture times (the frames' `capture_ts`), so a replay after a restart gives the
 same figures as the live run. Definitions: docs/analytics.md.
+
+The last `history_minutes` minute buckets stay here (the counts hash shows them); every bucket
+changed since the last commit is also handed to the history in Redis (`take_changed`,
+split_infer/analytics/history.py), which keeps them for days.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from split_infer.analytics.state import MAX_ITEMS, StateReader, number, pair_of, text
+from split_infer.analytics.state import MAX_ITEMS, StateError, StateReader, items, number, pair_of, text
 
 VEHICLES = frozenset({"car", "bus", "truck", "motorcycle"})
 CONGESTION_LEVELS = ((0.25, "free"), (0.5, "moderate"), (0.75, "heavy"), (math.inf, "jammed"))
@@ -22,6 +26,16 @@ class Minute:
     start: int  # unix seconds, a multiple of 60
     crossings: Counter[str] = field(default_factory=Counter)
     tracks: Counter[str] = field(default_factory=Counter)
+    lines: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)  # line -> in/out -> class -> n
+
+    def bucket(self) -> dict[str, Any]:
+        """The minute as the history keeps it (docs/analytics.md, "History")."""
+        return {"crossings": dict(self.crossings), "tracks": dict(self.tracks),
+                "lines": {name: {d: dict(c) for d, c in dirs.items()} for name, dirs in self.lines.items()}}
+
+    def lines_state(self) -> list[list[Any]]:
+        return [[name, d, [[c, n] for c, n in per_class.items()]]
+                for name, dirs in self.lines.items() for d, per_class in dirs.items()]
 
 
 @dataclass
@@ -39,6 +53,7 @@ class Aggregates:
     vehicles: int = 0
     median_speed: float = 0.0
     _last_ts: float | None = None
+    changed: dict[int, Minute] = field(default_factory=dict)  # minute start -> bucket, since take_changed
 
     def _minute(self, ts: float) -> Minute:
         start = int(ts // 60) * 60
@@ -48,13 +63,25 @@ class Aggregates:
                 self.minutes.popleft()
         return self.minutes[-1]
 
-    def crossing(self, ts: float, class_name: str) -> None:
-        self._minute(ts).crossings[class_name] += 1
+    def crossing(self, ts: float, class_name: str, line: str | None = None, direction: str | None = None) -> None:
+        m = self._minute(ts)
+        m.crossings[class_name] += 1
+        if line is not None and direction is not None:
+            m.lines.setdefault(line, {}).setdefault(direction, Counter())[class_name] += 1
+        self.changed[m.start] = m
         self.recent_crossings.append((ts, class_name))
 
     def new_track(self, ts: float, class_name: str) -> None:
-        self._minute(ts).tracks[class_name] += 1
+        m = self._minute(ts)
+        m.tracks[class_name] += 1
+        self.changed[m.start] = m
         self.recent_tracks.append((ts, class_name))
+
+    def take_changed(self) -> list[Minute]:
+        """The minute buckets changed since the last call (a bucket past the in-memory window included)."""
+        out = sorted(self.changed.values(), key=lambda m: m.start)
+        self.changed = {}
+        return out
 
     def per_minute(self, now: float, basis: str) -> Counter[str]:
         """Objects counted in the last `window_s` seconds, by class."""
@@ -84,7 +111,8 @@ class Aggregates:
     def to_state(self) -> dict[str, Any]:
         """Checkpoint JSON (docs/analytics.md): the running figures; the settings are the code's."""
         return {"minutes": [{"start": m.start, "crossings": [[c, n] for c, n in m.crossings.items()],
-                             "tracks": [[c, n] for c, n in m.tracks.items()]} for m in self.minutes],
+                             "tracks": [[c, n] for c, n in m.tracks.items()], "lines": m.lines_state()}
+                            for m in self.minutes],
                 "recent_crossings": [[ts, c] for ts, c in self.recent_crossings],
                 "recent_tracks": [[ts, c] for ts, c in self.recent_tracks],
                 "score": self.score, "level": self.level, "vehicles": self.vehicles,
@@ -94,7 +122,18 @@ class Aggregates:
     def from_state(cls, r: StateReader) -> Aggregates:
         agg = cls()
         for m in r.objects("minutes", agg.history_minutes + 1):
-            agg.minutes.append(Minute(m.whole("start"), m.tally("crossings"), m.tally("tracks")))
+            minute = Minute(m.whole("start"), m.tally("crossings"), m.tally("tracks"))
+            for i, entry in enumerate(items(m.obj.get("lines", []), f"{m.path}.lines", MAX_ITEMS)):
+                at = f"{m.path}.lines[{i}]"
+                row = items(entry, at, 3)
+                if len(row) != 3:
+                    raise StateError(f"{at} is not [line, direction, [[class, n], ...]]")
+                direction = text(row[1], f"{at}[1]")
+                if direction not in ("in", "out"):
+                    raise StateError(f"{at}[1] is not 'in' or 'out'")
+                tally = StateReader({"t": row[2]}, at).tally("t")
+                minute.lines.setdefault(text(row[0], f"{at}[0]"), {})[direction] = tally
+            agg.minutes.append(minute)
         for name, queue in (("recent_crossings", agg.recent_crossings), ("recent_tracks", agg.recent_tracks)):
             for i, pair in enumerate(r.array(name, MAX_ITEMS)):
                 ts, cls_name = pair_of(pair, f"{r.path}.{name}[{i}]")
@@ -107,7 +146,9 @@ class Aggregates:
     def restart_clock(self, ts: float) -> None:
         """Time went back to `ts` (docs/analytics.md, "Time"): forget what is dated after it."""
         while self.minutes and self.minutes[-1].start > ts:
-            self.minutes.pop()
+            gone = self.minutes.pop()
+            gone.crossings, gone.tracks, gone.lines = Counter(), Counter(), {}
+            self.changed[gone.start] = gone  # its history bucket is emptied too
         self.recent_crossings.clear()
         self.recent_tracks.clear()
         self._last_ts = None

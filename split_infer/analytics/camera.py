@@ -108,18 +108,14 @@ class CameraAnalytics:
         """Take the camera's lines and zones; a line or zone whose geometry is unchanged keeps its counts."""
         lines = {}
         for lc in cfg.lines:
-            new = LineCounter.from_config(lc)
+            new = LineCounter.from_config(lc, cfg.units, cfg.frame_size)
             old = self.lines.get(lc.name)
-            same = old is not None and ((old.a, old.b, old.classes, old.margin)
-                                        == (new.a, new.b, new.classes, new.margin))
-            lines[lc.name] = old if old is not None and same else new
+            lines[lc.name] = old if old is not None and old.geometry == new.geometry else new
         zones = {}
         for zc in cfg.zones:
-            new_z = Zone.from_config(zc)
+            new_z = Zone.from_config(zc, cfg.units, cfg.frame_size)
             old_z = self.zones.get(zc.name)
-            same = (old_z is not None and np.array_equal(old_z.polygon, new_z.polygon)
-                    and (old_z.classes, old_z.margin) == (new_z.classes, new_z.margin))
-            zones[zc.name] = old_z if old_z is not None and same else new_z
+            zones[zc.name] = old_z if old_z is not None and old_z.same_geometry(new_z) else new_z
         self.lines, self.zones = lines, zones
 
     # ------------------------------------------------------------------ per frame
@@ -128,6 +124,11 @@ class CameraAnalytics:
         """Track one frame (frames must come in capture order) and return the events it caused."""
         ts = frame.capture_ts
         events: list[AnalyticsEvent] = []
+        size = (frame.width, frame.height)  # the stream's size may change: lines and zones follow
+        for line in self.lines.values():
+            line.resize(size)
+        for zone in self.zones.values():
+            zone.resize(size)
         tracked = self.tracker.update(self._to_sv(frame), timestamp=ts)
         ids = tracked.tracker_id if tracked.tracker_id is not None else np.empty(0, int)
         classes = tracked.class_id if tracked.class_id is not None else np.empty(0, int)  # set with the ids
@@ -194,7 +195,7 @@ class CameraAnalytics:
         for line in self.lines.values():
             direction = line.update(tid, cls, p)
             if direction is not None:
-                self.agg.crossing(ts, cls)
+                self.agg.crossing(ts, cls, line.name, direction)
                 out.append(AnalyticsEvent("line_cross", self.camera, frame.seq, ts, tid, cls, line=line.name,
                                           direction=direction))
         for zone in self.zones.values():

@@ -23,13 +23,19 @@ from pydantic import ValidationError
 from split_infer import metrics
 from split_infer.analytics.camera import CameraAnalytics
 from split_infer.analytics.checkpoint import CheckpointError, dump_checkpoint, load_checkpoint
+from split_infer.analytics.exported import export_commit
 from split_infer.analytics.frames import DetectionFrame, parse_record
+from split_infer.analytics.history import write_minutes
+from split_infer.analytics.scene import scene_json
 from split_infer.config import CameraConfig, CloudConfig, ConfigError, load_config
 from split_infer.keys import Keys
+from split_infer.observability import Probe
 from split_infer.records import AnalyticsEvent, RecordError
 from split_infer.redact import redact_url
+from split_infer.redisconn import connect
+from split_infer.retention import Trimmer, events_target
 from split_infer.service import StopEvent, service_main
-from split_infer.streams import create_group
+from split_infer.streams import Client, create_group, read_group
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +85,12 @@ class Settings:
     renew_s: float = 2.0
     block_ms: int = 200
     read_count: int = 64  # per stream and step: bounds a step's time well under the lease
-    events_maxlen: int = 100_000
     discover: bool = True  # also analyse every camera the ingest has seen (Keys.cameras)
     max_future_s: float = 300.0  # a record dated further ahead of this host's clock is rejected
 
 
 class AnalyticsService:
-    def __init__(self, r: redis.Redis, cfg: CloudConfig, settings: Settings, mqtt=None,
+    def __init__(self, r: Client, cfg: CloudConfig, settings: Settings, mqtt=None,
                  keys: Keys | None = None) -> None:
         self.r = r
         self.keys = keys or Keys.from_env()
@@ -96,6 +101,8 @@ class AnalyticsService:
         self._last_renew = 0.0
         self._last_scan = 0.0
         self._bad_ids: set[str] = set()
+        self.trimmer = Trimmer(r, cfg.retention)  # time-based retention of the events streams
+        self.probe = Probe()  # /healthz: the loop turns; /readyz: Redis reachable
 
     # ------------------------------------------------------------------ ownership
 
@@ -130,6 +137,7 @@ class AnalyticsService:
             return
         self._last_scan = now
         self.renew_leases(now, force=True)
+        self.trimmer.sweep(events_target(self.keys, c) for c in self.owned)  # cameras with no new events
         me = self.s.consumer
         for cid, cam in self.cameras().items():
             key = self.keys.analytics_owner(cid)
@@ -152,6 +160,7 @@ class AnalyticsService:
             if start in (b"0-0", "0-0"):
                 break
         self.owned[cid] = Owned(cam, self._load_state(cid, cam))
+        self.r.set(self.keys.scene(cid), scene_json(cam))  # the lines and zones the dashboard draws
         log.info("analysing camera %s (from seq %d)", cid, self.owned[cid].analytics.last_seq)
 
     def _load_state(self, cid: str, cam: CameraConfig) -> CameraAnalytics:
@@ -198,9 +207,8 @@ class AnalyticsService:
         backlog = {self.keys.detections_stream(c): o.backlog for c, o in self.owned.items() if o.backlog}
         streams: dict[Any, Any] = backlog or {self.keys.detections_stream(c): ">" for c in self.owned}
         block = None if backlog else self.s.block_ms
-        reply: Any = self.r.xreadgroup(self.keys.ANALYTICS_GROUP, self.s.consumer, streams, count=self.s.read_count,
-                                  block=block)
-        got = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in (reply or [])}
+        reply = read_group(self.r, self.keys.ANALYTICS_GROUP, self.s.consumer, streams, self.s.read_count, block)
+        got = {(s.decode() if isinstance(s, bytes) else s): entries for s, entries in reply}
         n = 0
         for cid, own in self.owned.items():
             stream = self.keys.detections_stream(cid)
@@ -307,11 +315,13 @@ class AnalyticsService:
                     raise redis.WatchError("lease lost")
                 pipe.multi()
                 for ev in events:
-                    pipe.xadd(self.keys.events_stream(cid), ev.to_fields(), maxlen=self.s.events_maxlen,
-                              approximate=True)
+                    pipe.xadd(self.keys.events_stream(cid), ev.to_fields(),
+                              minid=self.trimmer.minid(events_target(self.keys, cid)), approximate=True)
                 if counts is not None:
                     pipe.delete(self.keys.counts(cid))
                     pipe.hset(self.keys.counts(cid), mapping=counts)
+                    write_minutes(pipe, self.keys, cid, own.analytics.agg.take_changed(),
+                                  self.cfg.analytics.history_days)
                     try:
                         pipe.set(self.keys.analytics_state(cid), dump_checkpoint(own.analytics))
                     except CheckpointError as e:  # inputs are bounded so that this does not happen
@@ -325,6 +335,7 @@ class AnalyticsService:
         if acks:
             self.r.xack(self.keys.detections_stream(cid), self.keys.ANALYTICS_GROUP, *acks)
         own.events, own.acks, own.dirty = [], [], False
+        export_commit(cid, events, own.analytics)  # committed: counted once (split_infer/analytics/exported.py)
         for ev, entry_id in zip(events, results, strict=False):  # results: the events' ids, then the rest
             eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             self.r.publish(self.keys.live_events, ev.to_json(eid))
@@ -335,12 +346,15 @@ class AnalyticsService:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self.probe.beat()
             try:
                 self.step()
                 metrics.REDIS_UP.labels(service="analytics").set(1)
+                self.probe.set_ready(True)
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 # In-memory state may be ahead of the checkpoint: forget it all, reload when Redis is back.
                 metrics.REDIS_UP.labels(service="analytics").set(0)
+                self.probe.set_ready(False, f"Redis unreachable ({type(e).__name__})")
                 log.error("redis unreachable (%s); retrying in 1 s", e)
                 self.owned.clear()
                 stop.wait(1.0)
@@ -366,10 +380,11 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-future", type=float, default=300.0,
                     help="reject records whose capture_ts is more than this many seconds ahead of this host's clock")
     ap.add_argument("--no-discover", action="store_true", help="only the cameras in the config")
-    ap.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
-    ap.add_argument("--metrics-addr", default="127.0.0.1")
-    ap.add_argument("--mqtt", help="publish events to this MQTT broker, host[:port] (over the config's `mqtt` "
-                    "section: credentials, TLS, layout; docs/analytics.md)")
+    ap.add_argument("--metrics-port", type=int, default=0,
+                    help="serve /metrics, /healthz and /readyz here (0: off; 9102 in the examples)")
+    ap.add_argument("--metrics-addr", default="127.0.0.1", help="address the /metrics server binds")
+    ap.add_argument("--mqtt", help="publish events to this MQTT broker, host[:port], with the config's `mqtt` "
+                    "credentials, TLS and layout (default: the config's broker; docs/analytics.md)")
     ap.add_argument("--mqtt-prefix", help="MQTT topic prefix (default: the config's, else split-infer)")
     ap.add_argument("--mqtt-insecure", action="store_true", help="plaintext MQTT (as mqtt.tls.insecure: true)")
 
@@ -377,7 +392,7 @@ def _add_arguments(ap: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     # --redis-url goes through the config, so the password from its file or the environment is added.
     cfg = with_mqtt_overrides(load_config(args.config, CloudConfig, {"redis_url": args.redis_url}), args)
-    r = redis.Redis.from_url(cfg.redis_url)
+    r = connect(cfg.redis_url)  # one server or a cluster, as the URL says
     mqtt = None
     if cfg.mqtt is not None:
         from split_infer.analytics.mqtt import MqttError, MqttPublisher  # paho-mqtt, needed only with MQTT
@@ -386,9 +401,11 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
             mqtt = MqttPublisher(cfg.mqtt, client_id=args.consumer)
         except MqttError as e:
             raise ConfigError(f"mqtt: {e}") from None
-    metrics.start_metrics_server(args.metrics_port, args.metrics_addr)
     service = AnalyticsService(r, cfg, Settings(consumer=args.consumer, reorder_wait_s=args.reorder_wait,
                                                 discover=not args.no_discover, max_future_s=args.max_future), mqtt=mqtt)
+    metrics.set_build_info(cfg.model.name, None)  # analytics reads records: no feature codec
+    metrics.start_metrics_server(args.metrics_port, args.metrics_addr, live=service.probe.live,
+                                 ready=service.probe.ready)
     log.info("analytics %s on %s", args.consumer, redact_url(cfg.redis_url))
     service.run(stop)
     if mqtt is not None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from split_infer.analytics.scene_config import Units
+
 MAX_ITEMS = 100_000  # any list or mapping in a checkpoint
 MAX_TEXT = 1_000  # any name or session id
 MAX_INT = 2**53  # integers stay exact in every JSON reader
@@ -78,6 +80,21 @@ class StateReader:
     def opt_point(self, key: str) -> tuple[float, float] | None:
         value = self.raw(key)
         return None if value is None else point(value, self._at(key))
+
+    def units(self) -> Units:
+        """A shape's `units` (absent in checkpoints written before units existed: pixels)."""
+        value = self.obj.get("units", Units.pixels.value)
+        if value not in {u.value for u in Units}:
+            raise StateError(f"{self._at('units')} is not one of {[u.value for u in Units]}")
+        return Units(value)
+
+    def size(self, key: str) -> tuple[int, int] | None:
+        """An optional [width, height] of positive whole numbers (absent: None)."""
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        w, h = pair_of(value, self._at(key))
+        return integer(w, f"{self._at(key)}[0]", 1), integer(h, f"{self._at(key)}[1]", 1)
 
     def texts(self, key: str, max_items: int = MAX_ITEMS) -> list[str]:
         path = self._at(key)

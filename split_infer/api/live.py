@@ -7,7 +7,11 @@ cost one Redis connection, never the pool that the other endpoints use.
 
 It follows the Redis streams (XREAD) rather than pub/sub, so a connection misses nothing between
 two reads and a Redis restart only pauses the feed. SSE event types: `detections`, `event`,
-`state`, `counts`, `error` (Redis unreachable; the feed resumes by itself).
+`state`, `counts`, `snapshot` (the frame a new snapshot shows), `replay`, and `error` (Redis
+unreachable; the feed resumes by itself).
+
+Ids and replay: `detections` and `event` carry the id `<kind>:<camera>:<stream id>`; a client that
+reconnects with `Last-Event-ID` first gets what it missed, from the streams (split_infer/api/replay.py).
 
 Bounds: at most `max_live` connections (`reserve` says no beyond: the route answers 503); a
 connection is closed after `max_age_s` (EventSource reconnects by itself), and a client that does
@@ -17,6 +21,7 @@ not read (its queue of `queue_size` events is full) is closed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import weakref
@@ -27,22 +32,34 @@ from fastapi.sse import ServerSentEvent
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from split_infer.api.replay import Cursor, event_id, replay, stream_order
 from split_infer.api.store import NotFound, Store, as_str, detection_record, event
+from split_infer.records.snapshot import SnapshotFrame
+from split_infer.streams import read_streams_async
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # camera state and counts refresh; also the longest XREAD block
+REPLAY_WAIT_S = 5.0  # a resuming client waits this long for its replay, then goes on live only
 
 
 class Client:
     """One live connection: the cameras it wants, its queue, and what it was sent last."""
 
-    def __init__(self, cameras: list[str] | None, queue_size: int) -> None:
+    def __init__(self, cameras: list[str] | None, queue_size: int, resume: Cursor | None = None) -> None:
         self.cameras = set(cameras) if cameras else None
         self.queue: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(queue_size)
         self.last_state: str | None = None
         self.last_counts: dict[str, str] = {}
+        self.last_snapshots: dict[str, str] = {}
         self.closed = False
+        # Resuming after `resume` (Last-Event-ID): live entries wait until the hub has read the
+        # missed ones into `backlog`, so they come in order.
+        self.resume = resume
+        self.backlog: list[ServerSentEvent] = []
+        self.caught_up = asyncio.Event()
+        if resume is None:
+            self.caught_up.set()
 
     def wants(self, camera: str) -> bool:
         return self.cameras is None or camera in self.cameras
@@ -71,13 +88,14 @@ class LiveHub:
         self.kind: dict[str, tuple[str, str]] = {}  # stream key -> ("detections" | "event", camera)
         self.states: dict[str, str] = {}  # camera -> its latest state (JSON)
         self.counts: dict[str, str] = {}  # camera -> its latest counts (JSON)
+        self.snapshots: dict[str, str] = {}  # camera -> the frame its latest snapshot shows (JSON)
         self._task: asyncio.Task[None] | None = None
 
-    def reserve(self, cameras: list[str] | None) -> Client | None:
+    def reserve(self, cameras: list[str] | None, resume: Cursor | None = None) -> Client | None:
         """A place for one more connection, or None when `max_clients` are open."""
         if len(self.clients) >= self.max_clients:
             return None
-        client = Client(cameras, self.queue_size)
+        client = Client(cameras, self.queue_size, resume)
         self.clients.add(client)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="live-hub")
@@ -86,6 +104,14 @@ class LiveHub:
     async def stream(self, client: Client) -> AsyncIterator[ServerSentEvent]:
         """The events of `client` until its age limit, its queue overflows, or it disconnects."""
         try:
+            try:
+                await asyncio.wait_for(client.caught_up.wait(), REPLAY_WAIT_S)
+            except TimeoutError:  # Redis is slow or down: no replay, the live feed still starts
+                client.resume = None
+                client.caught_up.set()
+            for missed in client.backlog:
+                yield missed
+            client.backlog = []
             if self.states:  # what the hub knows already; the next poll sends what changed
                 for change in self._changes(client):
                     yield change
@@ -116,8 +142,16 @@ class LiveHub:
 
     def _broadcast(self, camera: str | None, ev: ServerSentEvent) -> None:
         for client in list(self.clients):
-            if camera is None or client.wants(camera):
+            if (camera is None or client.wants(camera)) and client.caught_up.is_set():
                 client.send(ev)
+
+    async def _catch_up(self) -> None:
+        """Read the missed entries of resuming clients, up to where the live feed now stands."""
+        for client in list(self.clients):
+            if client.resume is not None and not client.caught_up.is_set():
+                client.backlog = await replay(self.store, client.resume, self.kind, self.positions, client.wants)
+                client.resume = None
+                client.caught_up.set()
 
     def _changes(self, client: Client) -> list[ServerSentEvent]:
         """State and counts events `client` has not seen yet."""
@@ -130,6 +164,10 @@ class LiveHub:
             if client.wants(c) and client.last_counts.get(c) != counts:
                 client.last_counts[c] = counts
                 out.append(ServerSentEvent(event="counts", raw_data=counts))
+        for c, shown in self.snapshots.items():
+            if client.wants(c) and client.last_snapshots.get(c) != shown:
+                client.last_snapshots[c] = shown
+                out.append(ServerSentEvent(event="snapshot", raw_data=shown))
         return out
 
     async def _follow(self, cameras: list[str]) -> None:
@@ -153,23 +191,32 @@ class LiveHub:
         states = await self.store.camera_states(self.stale_after_s, only=cameras)
         self.states = {s.id: s.model_dump_json() for s in states}
         self.counts = {c: (await self.store.counts(c)).model_dump_json(by_alias=True) for c in cameras}
+        # A new snapshot (camera, session, seq): the dashboard fetches it (GET .../snapshot.jpg).
+        async with self.store.r.pipeline(transaction=False) as p:
+            for c in cameras:
+                p.hgetall(self.store.keys.snapshot_frame(c))
+            shown = await p.execute()
+        self.snapshots = {c: json.dumps({"camera": c, "session": f.session, "seq": f.seq})
+                          for c, f in zip(cameras, map(SnapshotFrame.from_fields, shown), strict=True) if f}
         for client in list(self.clients):
             for ev in self._changes(client):
                 client.send(ev)
 
     async def _read(self, block_ms: int) -> None:
         streams: dict[Any, Any] = self.positions
-        replies: Any = await self.store.r.xread(streams, count=100, block=block_ms)
-        for stream, entries in replies or []:
-            k = as_str(stream)
+        # One XREAD on a single server; per stream, polled, on a cluster (split_infer/streams.py).
+        replies = await read_streams_async(self.store.r, streams, 100, block_ms)
+        # Sent in stream-id order across streams: what makes a Last-Event-ID replay complete (replay.py).
+        batch = sorted(((stream_order(as_str(i)), as_str(stream), as_str(i), f)
+                        for stream, entries in replies for i, f in entries), key=lambda x: x[0])
+        for _, k, entry_id, fields in batch:
             what, cam = self.kind[k]
             parse = detection_record if what == "detections" else event
-            for entry_id, fields in entries:
-                self.positions[k] = as_str(entry_id)
-                item = parse(cam, entry_id, fields)
-                if item is not None:
-                    self._broadcast(cam, ServerSentEvent(event=what, id=self.positions[k],
-                                                         raw_data=item.model_dump_json()))
+            self.positions[k] = entry_id
+            item = parse(cam, entry_id, fields)
+            if item is not None:
+                self._broadcast(cam, ServerSentEvent(event=what, id=event_id(what, cam, entry_id),
+                                                     raw_data=item.model_dump_json()))
 
     async def _run(self) -> None:
         """Follow Redis while any client is connected."""
@@ -183,6 +230,7 @@ class LiveHub:
                     if down:
                         down = False
                         log.info("live feed: Redis reachable again")
+                await self._catch_up()  # clients that came since the last poll
                 if not self.positions:
                     await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
                     continue
@@ -197,3 +245,7 @@ class LiveHub:
                 next_poll = 0.0
             except NotFound:
                 next_poll = 0.0  # a camera vanished between two reads; look again
+        # Nobody is connected: the next client starts at the streams' tails (and a resuming one
+        # replays up to them), not at where this run stopped, which would send old entries as new.
+        self.positions.clear()
+        self.kind.clear()

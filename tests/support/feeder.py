@@ -21,8 +21,11 @@ import redis
 
 from split_infer.analytics.camera import CameraAnalytics
 from split_infer.analytics.frames import parse_record
+from split_infer.analytics.history import write_minutes
+from split_infer.analytics.scene import scene_json
 from split_infer.config import CameraConfig, LineConfig, ZoneConfig
 from split_infer.keys import Keys
+from split_infer.records.snapshot import SnapshotFrame, jpeg_digest
 from support.data import street_video
 
 W, H = 640, 360
@@ -105,6 +108,7 @@ class Feeder:
         now = time.time()
         for cam in self.cams:
             r.sadd(self.keys.cameras, cam.id)
+            r.set(self.keys.scene(cam.id), scene_json(camera_config(cam.id)))  # as analytics publishes it
             if cam.id in self.dead:  # known, with an old snapshot; its ingest marked it offline 5 min ago
                 r.set(self.keys.snapshot(cam.id), thumbnail(cam.frame), ex=3600)
                 r.hset(self.keys.camera_state(cam.id), mapping={
@@ -150,6 +154,7 @@ class Feeder:
             p.xadd(self.keys.events_stream(cam.id), ev.to_fields())
         p.delete(self.keys.counts(cam.id))
         p.hset(self.keys.counts(cam.id), mapping=cam.analytics.counts().to_fields())
+        write_minutes(p, self.keys, cam.id, cam.analytics.agg.take_changed(), 7)
         # As the ingest writes it.
         size = 15000 + cam.rng.randrange(3000)
         cam.frames += 1
@@ -158,8 +163,11 @@ class Feeder:
             "online": 1, "fps": round(9.5 + cam.rng.random(), 3), "bytes_per_s": round(size * 10.0, 1),
             "last_frame_ts": repr(capture), "last_seen_ts": repr(now), "last_seq": cam.seq, "session": "s1",
             "frames": cam.frames, "bytes": cam.bytes, "rejected": 0, "dropped_edge": 0, "peer": "ipv4:127.0.0.1:5000"})
-        if snap:
-            p.set(self.keys.snapshot(cam.id), thumbnail(cam.frame), ex=3600)
+        if snap:  # the thumbnail and the frame it stands for, as the ingest writes them
+            jpeg = thumbnail(cam.frame)
+            p.set(self.keys.snapshot(cam.id), jpeg, ex=3600)
+            p.hset(self.keys.snapshot_frame(cam.id),
+                   mapping=SnapshotFrame(cam.id, "s1", cam.seq, capture, jpeg_digest(jpeg), "q8-zstd").to_fields())
 
     def _move(self, cam: FakeCamera) -> None:
         """New objects enter from either side now and then; every object drives straight across."""

@@ -1,41 +1,19 @@
 // split-infer dashboard: one tile per camera, fed by the read API and its live feed (SSE).
-// Plain JS, no build step, nothing loaded from outside this server.
+// `#camera=<id>` shows one camera alone, larger, with its day view (dayview.js).
+// Each tile shows a snapshot with the boxes of that same frame: the snapshot's X-Frame-* headers
+// name its frame (session, seq), and the tile looks up exactly that record, or draws no boxes.
 "use strict";
 
-const ROOT = new URL("../", location.href);            // the API root (page lives at /static/)
-const api = (path) => new URL(path, ROOT).toString();
-const HISTORY = 120;                                     // chart samples kept (one a second: 2 min)
-const SNAPSHOT_EVERY_MS = 2000;
-const CLASS_COLORS = {
-  person: "#ff6b6b", bicycle: "#ffd93d", car: "#4aa3ff", motorcycle: "#c77dff",
-  bus: "#2ecc71", truck: "#ff9f43",
-};
-const classColor = (name) => CLASS_COLORS[name] || "#b0bec5";
+const HISTORY = 120;                 // chart samples kept (one a second: 2 min)
+const SNAPSHOT_EVERY_MS = 5000;      // a live tile asks for a snapshot this often (else on `snapshot` events)
+const RECORD_WAIT_MS = 1500;         // a new snapshot waits this long for its frame's record...
+const RECORD_POLL_MS = 300;          // ...asking this often, then shows without boxes
+const RECORDS_KEPT = 300;            // recent records per camera from the live feed (by session:seq)
+const SCENE_EVERY_MS = 30000;
 
 const cams = new Map();        // camera id -> tile model
 let stateSeen = false;
-
-// ----------------------------------------------------------------------------- formatting
-
-function fmtBytes(bps) {
-  if (bps == null) return "–";
-  if (bps >= 1e6) return (bps / 1e6).toFixed(1) + " MB/s";
-  return (bps / 1e3).toFixed(bps >= 1e4 ? 0 : 1) + " kB/s";
-}
-const fmtFps = (v) => (v == null ? "–" : v.toFixed(1));
-const fmtMs = (s) => (s == null ? "–" : Math.round(s * 1000) + " ms");
-function fmtAge(s) {
-  if (s == null) return "never seen";
-  if (s < 90) return `no frames for ${Math.round(s)} s`;
-  if (s < 5400) return `no frames for ${Math.round(s / 60)} min`;
-  return `no frames for ${(s / 3600).toFixed(1)} h`;
-}
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
+let lastEventId = "";          // of the live feed: a new EventSource resumes after it
 
 // ----------------------------------------------------------------------------- tiles
 
@@ -44,9 +22,13 @@ function tileFor(id) {
   if (cam) return cam;
   const node = document.getElementById("tile-template").content.firstElementChild.cloneNode(true);
   node.dataset.camera = id;
-  node.querySelector(".cam-id").textContent = id;
+  const link = node.querySelector(".cam-id a");
+  link.textContent = id;
+  link.href = `#camera=${encodeURIComponent(id)}`;
   cam = {
-    id, node, state: null, record: null, counts: null, image: null, snapshotAt: 0,
+    id, node, state: null, counts: null, scene: null, sceneAt: 0, snapshotAt: 0, loading: false,
+    shown: { image: null, frame: null, record: null },   // what the tile shows: one frame
+    records: new Map(), frameSize: null, modelVersion: null,
     series: { fps: [], bw: [], lat: [] },
     canvas: node.querySelector(".frame"),
   };
@@ -55,15 +37,17 @@ function tileFor(id) {
   const after = [...grid.children].find((n) => n.dataset.camera.localeCompare(id, undefined, { numeric: true }) > 0);
   grid.insertBefore(node, after || null);
   document.getElementById("empty").hidden = true;
+  applyRoute();
   return cam;
 }
 
 function applyState(cam, s) {
   cam.state = s;
+  if (s.model_version) cam.modelVersion = s.model_version;  // of the camera's latest record
   const n = cam.node;
   const wasOnline = n.dataset.state === "online";
   n.dataset.state = s.online ? "online" : "offline";
-  if (wasOnline !== s.online) drawFrame(cam);
+  if (wasOnline !== s.online) redraw(cam);
   n.querySelector(".badge").textContent = s.online ? "LIVE" : "OFFLINE";
   n.querySelector(".fps").textContent = fmtFps(s.fps);
   n.querySelector(".bw").textContent = fmtBytes(s.bytes_per_s);
@@ -73,13 +57,13 @@ function applyState(cam, s) {
   push(cam.series.bw, s.bytes_per_s);
   push(cam.series.lat, s.online ? s.latency_s : null);
   drawCharts(cam);
-  // The edge sends a thumbnail every few seconds; fetch it that often while the camera is live
-  // (and once for a dead camera, to show its last picture).
   const now = Date.now();
-  if (!cam.snapshotAt || (s.online && now - cam.snapshotAt >= SNAPSHOT_EVERY_MS)) {
+  // A fresh snapshot while the camera is live (and once for a dead camera: its last picture).
+  if ((!cam.snapshotAt || (s.online && now - cam.snapshotAt >= SNAPSHOT_EVERY_MS))) {
     cam.snapshotAt = now;
     loadSnapshot(cam);
   }
+  if (now - cam.sceneAt >= SCENE_EVERY_MS) { cam.sceneAt = now; loadScene(cam); }
 }
 
 function push(arr, v) {
@@ -87,61 +71,86 @@ function push(arr, v) {
   if (arr.length > HISTORY) arr.shift();
 }
 
-async function loadSnapshot(cam) {
-  // fetch (not <img src>): it carries the API key. Swap only once decoded: no flicker.
-  let r;
-  try { r = await authFetch(`api/cameras/${encodeURIComponent(cam.id)}/snapshot.jpg`); } catch (_) { return; }
-  if (!r.ok) return;
-  const url = URL.createObjectURL(await r.blob());
-  const img = new Image();
-  img.onload = () => { cam.image = img; drawFrame(cam); URL.revokeObjectURL(url); };
-  img.onerror = () => URL.revokeObjectURL(url);
-  img.src = url;
+const frameKey = (session, seq) => `${session}:${seq}`;
+
+function remember(cam, rec) {
+  cam.records.set(frameKey(rec.session, rec.seq), rec);
+  if (cam.records.size > RECORDS_KEPT) cam.records.delete(cam.records.keys().next().value);
+  cam.frameSize = [rec.width, rec.height];
+  if (rec.model_version) cam.modelVersion = rec.model_version;
+  const shown = cam.shown;  // the record of the frame on screen came after it: draw its boxes now
+  if (shown.frame && !shown.record && frameKey(shown.frame.session, shown.frame.seq) === frameKey(rec.session, rec.seq)) {
+    shown.record = rec;
+    redraw(cam);
+  }
 }
 
-function drawFrame(cam) {
-  const c = cam.canvas;
-  const dpr = window.devicePixelRatio || 1;
-  const w = Math.round(c.clientWidth * dpr), h = Math.round(c.clientHeight * dpr);
-  if (w && h && (c.width !== w || c.height !== h)) { c.width = w; c.height = h; }
-  const g = c.getContext("2d");
-  g.fillStyle = "#000";
-  g.fillRect(0, 0, c.width, c.height);
-  const rec = cam.record;
-  // Frame geometry: the record's frame size, else the snapshot's, else 16:9.
-  const fw = rec ? rec.width : cam.image ? cam.image.naturalWidth : 16;
-  const fh = rec ? rec.height : cam.image ? cam.image.naturalHeight : 9;
-  const k = Math.min(c.width / fw, c.height / fh);
-  const ox = (c.width - fw * k) / 2, oy = (c.height - fh * k) / 2;
-  if (cam.image) g.drawImage(cam.image, ox, oy, fw * k, fh * k);
-  else {
-    g.fillStyle = "#8a94a3";
-    g.font = `${12 * dpr}px system-ui, sans-serif`;
-    g.textAlign = "center";
-    g.fillText("waiting for a snapshot…", c.width / 2, c.height / 2);
-    g.textAlign = "start";
+async function recordOf(cam, frame) {
+  // The frame's record from the live feed, else from the API; null when it is not there in time.
+  const deadline = Date.now() + RECORD_WAIT_MS;
+  for (let round = 0; ; round++) {
+    const known = cam.records.get(frameKey(frame.session, frame.seq));
+    if (known) return known;
+    if (round === 0) { await sleep(RECORD_POLL_MS); continue; }  // it is usually on its way in the feed
+    try {
+      const q = `session=${encodeURIComponent(frame.session)}&seq=${frame.seq}`;
+      const rec = await getJSON(`api/v1/cameras/${encodeURIComponent(cam.id)}/detections/frame?${q}`);
+      remember(cam, rec);
+      return rec;
+    } catch (e) { if (e.status !== 404) return null; }
+    if (Date.now() >= deadline) return null;
+    await sleep(RECORD_POLL_MS);
   }
-  const inView = {};
-  if (rec && (!cam.state || cam.state.online)) {  // a dead camera's last boxes are stale: not drawn
-    g.lineWidth = Math.max(1.5, 2 * dpr * Math.min(1, k * 2));
-    g.font = `600 ${10 * dpr}px system-ui, sans-serif`;
-    for (const d of rec.detections) {
-      const [x1, y1, x2, y2] = d.box;
-      const col = classColor(d.class_name);
-      const x = ox + x1 * k, y = oy + y1 * k, bw = (x2 - x1) * k, bh = (y2 - y1) * k;
-      g.strokeStyle = col;
-      g.strokeRect(x, y, bw, bh);
-      const label = `${d.class_name} ${Math.round(d.score * 100)}%`;
-      const tw = g.measureText(label).width + 6 * dpr, th = 13 * dpr;
-      const ly = y - th < oy ? y : y - th;
-      const lx = Math.max(ox, Math.min(x, ox + fw * k - tw));  // keep the label inside the picture
-      g.fillStyle = col;
-      g.fillRect(lx, ly, tw, th);
-      g.fillStyle = "#0b0e12";
-      g.fillText(label, lx + 3 * dpr, ly + th - 3 * dpr);
-      inView[d.class_name] = (inView[d.class_name] || 0) + 1;
-    }
+}
+
+async function loadSnapshot(cam) {
+  // fetch (not <img src>): it carries the API key, and the headers naming the frame.
+  if (cam.loading) { cam.again = true; return; }  // one at a time; then once more for the newest
+  cam.loading = true;
+  try {
+    const r = await authFetch(`api/v1/cameras/${encodeURIComponent(cam.id)}/snapshot.jpg`);
+    if (!r.ok) return;
+    const h = r.headers;
+    const frame = h.get("X-Frame-Seq") == null ? null
+      : { session: h.get("X-Frame-Session") || "", seq: Number(h.get("X-Frame-Seq")),
+          captureTs: Number(h.get("X-Frame-Capture-Ts")), codec: h.get("X-Frame-Codec") || "" };
+    const old = cam.shown.frame;
+    if (frame && old && frameKey(frame.session, frame.seq) === frameKey(old.session, old.seq)) return;  // same frame
+    const blob = await r.blob();
+    const [image, record] = await Promise.all([decode(blob), frame ? recordOf(cam, frame) : null]);
+    if (!image) return;
+    cam.shown = { image, frame, record };   // picture and boxes change together
+    cam.node.dataset.frame = frame ? frameKey(frame.session, frame.seq) : "";
+    redraw(cam);
+  } catch (_) { /* the feed's state says more; the next poll tries again */ } finally {
+    cam.loading = false;
+    if (cam.again) { cam.again = false; loadSnapshot(cam); }
   }
+}
+
+function decode(blob) {
+  const url = URL.createObjectURL(blob);
+  return new Promise((done) => {
+    const img = new Image();
+    img.onload = () => { URL.revokeObjectURL(url); done(img); };
+    img.onerror = () => { URL.revokeObjectURL(url); done(null); };
+    img.src = url;
+  });
+}
+
+async function loadScene(cam) {
+  try { cam.scene = await getJSON(`api/v1/cameras/${encodeURIComponent(cam.id)}/scene`); } catch (e) {
+    if (e.status === 404) cam.scene = null;  // analytics has not published lines or zones for it
+    return;
+  } finally { redraw(cam); }
+}
+
+function redraw(cam) {
+  const s = cam.shown;
+  // A dead camera's last boxes are not drawn (its picture stays, greyed).
+  const showBoxes = !cam.state || cam.state.online;
+  const inView = drawFrame(cam.canvas, { image: s.image, record: s.record, frameSize: cam.frameSize,
+    scene: cam.scene, counts: cam.counts, showBoxes });
   const box = cam.node.querySelector(".in-view");
   box.replaceChildren(...Object.entries(inView).sort((a, b) => b[1] - a[1]).map(([name, n]) => {
     const chip = el("span", "chip", `${name} ${n}`);
@@ -149,12 +158,12 @@ function drawFrame(cam) {
     chip.dataset.class = name;
     return chip;
   }));
-}
-
-function sum(obj) { return Object.values(obj || {}).reduce((a, b) => a + b, 0); }
-function perClass(obj) {
-  return Object.entries(obj || {}).filter(([, n]) => n).sort((a, b) => b[1] - a[1])
-    .map(([k, n]) => `${k} ${n}`).join(" · ");
+  const corner = [cam.modelVersion, s.frame && s.frame.codec ? `codec ${s.frame.codec}` : null].filter(Boolean);
+  cam.node.querySelector(".corner").textContent = corner.join(" · ");
+  cam.node.querySelector(".corner").hidden = !corner.length;
+  const model = cam.node.querySelector(".model");  // the header's model_version (index.html), if it has one
+  if (model) model.textContent = cam.modelVersion || "–";
+  if (s.image && s.frame && !s.record) box.append(el("span", "chip pending", "no boxes: record not in yet"));
 }
 
 function applyCounts(cam, c) {
@@ -164,8 +173,8 @@ function applyCounts(cam, c) {
   lines.replaceChildren(...c.lines.map((l) => {
     const row = el("div", "line-row");
     row.dataset.line = l.name;
-    row.append(el("span", "line-name", l.name),
-      el("span", "total in", `in ${sum(l.in)}`), el("span", "total out", `out ${sum(l.out)}`));
+    row.append(el("span", "line-name", l.name), el("span", "total in", `in ${sum(l.in)}`),
+      el("span", "total out", `out ${sum(l.out)}`));
     const classes = {};
     for (const [k, n] of Object.entries(l.in)) classes[k] = (classes[k] || 0) + n;
     for (const [k, n] of Object.entries(l.out)) classes[k] = (classes[k] || 0) + n;
@@ -183,15 +192,15 @@ function applyCounts(cam, c) {
   cg.replaceChildren();
   if (c.updated_ts == null && !c.lines.length && !c.zones.length) {
     cg.textContent = "no counts yet (analytics has not processed this camera)";
-    return;
+  } else {
+    const rate = sum(c.per_minute);
+    if (c.congestion || rate) {
+      cg.append("traffic ");
+      if (c.congestion) cg.append(el("b", c.congestion, c.congestion), " · ");
+      cg.append(`${rate.toFixed(0)} / min`);
+    }
   }
-  const rate = sum(c.per_minute);
-  if (c.congestion || rate) {
-    cg.append("traffic ");
-    if (c.congestion) cg.append(el("b", c.congestion, c.congestion), " · ");
-    cg.append(`${rate.toFixed(0)} / min`);
-  }
-  if (before !== null && before !== JSON.stringify(c.lines)) flash(lines);
+  if (before !== null && before !== JSON.stringify(c.lines)) { flash(lines); redraw(cam); }
 }
 
 function flash(node) {
@@ -204,7 +213,7 @@ function applyEvent(cam, e) {
   const t = new Date(e.ts * 1000).toLocaleTimeString();
   const what = e.type === "line_cross" ? `crossed ${e.line}${e.direction ? " (" + e.direction + ")" : ""}`
     : e.type === "zone_enter" ? `entered ${e.zone}` : e.type === "zone_exit" ? `left ${e.zone}` : e.type;
-  const who = [e.class_name, e.track_id != null ? "#" + e.track_id : null].filter(Boolean).join(" ");  // tracker id
+  const who = [e.class_name, e.track_id != null ? "#" + e.track_id : null].filter(Boolean).join(" ");
   const box = cam.node.querySelector(".last-event");
   box.textContent = `${t} · ${who} ${what}`;
   flash(box);
@@ -236,8 +245,7 @@ function drawSpark(c, data, style) {
   const x = (i) => (i / (span - 1)) * w;
   const start = span - data.length;
   const y = (v) => h - pad - (v / max) * (h - top - pad);
-  // Area and line; gaps (null: camera offline) break the line.
-  g.lineWidth = 1.5 * dpr;
+  g.lineWidth = 1.5 * dpr;  // area and line; gaps (null: camera offline) break the line
   g.strokeStyle = style.color;
   g.fillStyle = style.color + "33";
   let seg = [];
@@ -263,7 +271,7 @@ function drawSpark(c, data, style) {
   g.textAlign = "start";
 }
 
-// ----------------------------------------------------------------------------- summary
+// ----------------------------------------------------------------------------- page
 
 function updateSummary() {
   const states = [...cams.values()].map((c) => c.state).filter(Boolean);
@@ -275,67 +283,21 @@ function updateSummary() {
   document.getElementById("empty").hidden = !stateSeen || cams.size > 0;
 }
 
-function banner(text) {
-  const b = document.getElementById("banner");
-  b.hidden = !text;
-  b.textContent = text || "";
-}
-
 function feedStatus(cls, text) {
   const f = document.getElementById("feed");
   f.className = "pill " + cls;
   f.textContent = text;
 }
 
-// ----------------------------------------------------------------------------- data
-
-// The API key, asked once and kept for this browser tab only (sessionStorage); sent as a bearer
-// header. EventSource cannot send headers: it gets a short-lived ticket instead.
-const KEY_ITEM = "split-infer-api-key";
-let keyWaiters = null;
-
-function askKey(message) {
-  if (!keyWaiters) {
-    keyWaiters = [];
-    const form = document.getElementById("key-form");
-    form.hidden = false;
-    document.getElementById("key-why").textContent = message;
-    const input = document.getElementById("key-input");
-    input.value = "";
-    input.focus();
-    form.onsubmit = (ev) => {
-      ev.preventDefault();
-      sessionStorage.setItem(KEY_ITEM, input.value.trim());
-      form.hidden = true;
-      const waiting = keyWaiters;
-      keyWaiters = null;
-      for (const done of waiting) done();
-    };
-  }
-  return new Promise((done) => keyWaiters.push(done));
-}
-
-async function authFetch(path, init = {}) {
-  for (;;) {
-    const key = sessionStorage.getItem(KEY_ITEM);
-    const headers = key ? { Authorization: `Bearer ${key}` } : {};
-    const r = await fetch(api(path), { cache: "no-store", ...init, headers });
-    if (r.status !== 401) return r;
-    if (key) sessionStorage.removeItem(KEY_ITEM);
-    await askKey(key ? "That API key was refused; enter a valid one." : "This API needs a key.");
-  }
-}
-
-async function getJSON(path) {
-  const r = await authFetch(path);
-  if (!r.ok) {
-    let detail = r.statusText;
-    try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
-    const e = new Error(detail);
-    e.status = r.status;
-    throw e;
-  }
-  return r.json();
+// `#camera=<id>`: that camera alone, larger, with its day view; no hash: every camera.
+function applyRoute() {
+  const m = /^#camera=(.+)$/.exec(location.hash);
+  const only = m ? decodeURIComponent(m[1]) : null;
+  document.body.classList.toggle("single", only != null);
+  for (const cam of cams.values()) cam.node.hidden = only != null && cam.id !== only;
+  document.getElementById("back").hidden = only == null;
+  showDayView(only);
+  for (const cam of cams.values()) if (!cam.node.hidden) { redraw(cam); drawCharts(cam); }
 }
 
 function onStates(states) {
@@ -345,20 +307,12 @@ function onStates(states) {
 }
 
 async function loadInitial() {
-  // The live feed sends state and counts as soon as it opens; fetching them here as well
-  // paints the page before that, and the latest boxes too.
+  // The live feed sends state and counts as soon as it opens; fetching them here paints the page first.
   try {
-    const list = await getJSON("api/cameras");
+    const list = await getJSON("api/v1/cameras");
     onStates(list.cameras);
-    const counts = await getJSON("api/counts");
+    const counts = await getJSON("api/v1/counts");
     for (const c of counts.cameras) applyCounts(tileFor(c.camera), c);
-    await Promise.all(list.cameras.map(async (s) => {
-      try {
-        const cam = tileFor(s.id);
-        cam.record = await getJSON(`api/cameras/${encodeURIComponent(s.id)}/detections/latest`);
-        drawFrame(cam);
-      } catch (e) { if (e.status !== 404) throw e; }
-    }));
     banner(null);
   } catch (e) {
     banner(`API: ${e.message}`);
@@ -368,10 +322,14 @@ async function loadInitial() {
 async function connect() {
   let ticket = "";
   try {
-    const r = await authFetch("api/live/ticket", { method: "POST" });
+    const r = await authFetch("api/v1/live/ticket", { method: "POST" });
     if (r.ok) ticket = (await r.json()).ticket;
   } catch (_) { /* the feed's own errors say more */ }
-  const es = new EventSource(api("api/live" + (ticket ? `?ticket=${encodeURIComponent(ticket)}` : "")));
+  // EventSource resends Last-Event-ID by itself when it reconnects; a new one is told with ?last_event_id=.
+  const q = new URLSearchParams();
+  if (ticket) q.set("ticket", ticket);
+  if (lastEventId) q.set("last_event_id", lastEventId);
+  const es = new EventSource(api("api/v1/live" + (q.toString() ? `?${q}` : "")));
   es.onopen = () => { feedStatus("feed-ok", "● live"); banner(null); };
   es.onerror = () => {
     feedStatus("feed-bad", "reconnecting…");
@@ -379,22 +337,23 @@ async function connect() {
     // connection limit): then open a new one with a fresh ticket.
     if (es.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
   };
+  const seen = (m) => { if (m.lastEventId) lastEventId = m.lastEventId; };
   es.addEventListener("state", (m) => onStates(JSON.parse(m.data)));
   es.addEventListener("counts", (m) => { const c = JSON.parse(m.data); applyCounts(tileFor(c.camera), c); });
-  es.addEventListener("detections", (m) => {
-    const rec = JSON.parse(m.data);
-    const cam = tileFor(rec.camera);
-    cam.record = rec;
-    if (!cam.pending) {  // at most one redraw per animation frame per tile
-      cam.pending = true;
-      requestAnimationFrame(() => { cam.pending = false; drawFrame(cam); });
+  es.addEventListener("snapshot", (m) => {  // a new snapshot: fetch it, unless it is on screen already
+    const f = JSON.parse(m.data), cam = tileFor(f.camera), old = cam.shown.frame;
+    if (!old || frameKey(old.session, old.seq) !== frameKey(f.session, f.seq)) {
+      cam.snapshotAt = Date.now();
+      loadSnapshot(cam);
     }
   });
-  es.addEventListener("event", (m) => { const e = JSON.parse(m.data); applyEvent(tileFor(e.camera), e); });
+  es.addEventListener("detections", (m) => { seen(m); const rec = JSON.parse(m.data); remember(tileFor(rec.camera), rec); });
+  es.addEventListener("event", (m) => { seen(m); const e = JSON.parse(m.data); applyEvent(tileFor(e.camera), e); });
   es.addEventListener("error", (m) => {
     if (m.data) banner(JSON.parse(m.data).detail);  // server-sent `error` event (Redis down)
   });
 }
 
-window.addEventListener("resize", () => { for (const cam of cams.values()) { drawFrame(cam); drawCharts(cam); } });
-loadInitial().then(connect);
+window.addEventListener("resize", () => { for (const cam of cams.values()) { redraw(cam); drawCharts(cam); } });
+window.addEventListener("hashchange", applyRoute);
+loadInitial().then(() => { applyRoute(); connect(); });
