@@ -153,3 +153,88 @@ def test_edge_start_measures_records_and_logs_its_precision(tmp_path, monkeypatc
     assert again.precision == extractor.precision and "(cached)" in caplog.text
     x = np.zeros((1, 3, 192, 320), np.float32)
     assert again.infer(x)["x4"].shape == (1, 128, 24, 40)
+
+
+@pytest.mark.parametrize(("recorded", "admitted"), [(0.97, True), (0.9999, True), (0.9699, False), (0.5, False)])
+def test_int8_admitted_only_at_or_above_the_agreement_floor(tmp_path, recorded, admitted, caplog):
+    assert P.INT8_AGREEMENT_FLOOR == 0.97  # the floor issue 14 sets; docs/pipeline.md says so
+    ir = _ir(tmp_path / "m")
+    _ir(tmp_path / "m-int8", "int8", agreement=recorded)
+    run = _runner({"f32": 20.0, "int8": 8.0}, {"int8": 0.0})  # identical features: only agreement decides
+    with caplog.at_level(logging.INFO, logger="split_infer"):
+        choice = _select(ir, tmp_path, run, caps=("FP32",))
+    assert choice.precision == ("int8" if admitted else "f32")
+    m = {m.name: m for m in choice.measurements}["int8"]
+    assert (m.ok, m.fidelity, m.fidelity_kind) == (admitted, recorded, "detection_agreement@export")
+    if admitted:
+        assert m.reason == "" and "excluded" not in caplog.text
+    else:
+        assert f"{recorded:.4f}" in m.reason and "below the floor 0.97" in m.reason
+        assert "edge precision int8 excluded" in caplog.text and m.reason in caplog.text
+
+
+NOT_MEASURED = {"agreement": None, "agreement_note": "not measured: the IR ends in a codec model"}
+
+
+@pytest.mark.parametrize("meta", [{}, NOT_MEASURED])
+def test_int8_without_recorded_agreement_is_excluded_however_close_its_features(tmp_path, meta, caplog):
+    ir = _ir(tmp_path / "m")
+    _ir(tmp_path / "m-int8", "int8", **meta)
+    run = _runner({"f32": 20.0, "int8": 8.0}, {"int8": 0.0})
+    with caplog.at_level(logging.INFO, logger="split_infer"):
+        choice = _select(ir, tmp_path, run, caps=("FP32",))
+    assert choice.precision == "f32"
+    m = {m.name: m for m in choice.measurements}["int8"]
+    assert not m.ok and "no detection agreement" in m.reason and "split-infer export --int8" in m.reason
+    assert meta.get("agreement_note", "exported before it was measured") in m.reason
+    assert "edge precision int8 excluded" in caplog.text
+
+
+def test_bf16_exclusion_is_logged_with_its_error(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="split_infer"):
+        choice = _select(_ir(tmp_path / "m"), tmp_path, _runner({"f32": 20.0, "bf16": 10.0}, {"bf16": 0.2}))
+    m = {m.name: m for m in choice.measurements}["bf16"]
+    assert choice.precision == "f32" and not m.ok and "above 0.05" in m.reason
+    assert "edge precision bf16 excluded" in caplog.text
+
+
+def test_export_agreement_measure_is_the_projects_pooled_agreement():
+    from evaluation import TRAFFIC_CLASSES, pooled_agreement
+    from split_infer.model.agreement import pooled_ap
+
+    rng = np.random.default_rng(3)
+
+    def frame(n):
+        xy = rng.uniform(0, 300, (n, 2))
+        wh = rng.uniform(10, 80, (n, 2))
+        cls = rng.choice([0, 2, 7, 15], n)  # 15 (cat) is no traffic class: ignored by both
+        return np.column_stack([xy, xy + wh, rng.uniform(0.001, 1, n), cls]).astype(np.float32)
+
+    ref = [frame(int(rng.integers(0, 12))) for _ in range(40)]
+    jitter = [r + np.column_stack([rng.normal(0, 4, (len(r), 4)), rng.normal(0, 0.1, (len(r), 1)),
+                                   np.zeros((len(r), 1))]).astype(np.float32) for r in ref]
+    pred = [np.concatenate([j, frame(int(rng.integers(0, 3)))]) for j in jitter]
+    ours = pooled_ap(ref, pred)
+    assert 0.3 < ours < 0.99  # neither trivial end: the comparison below means something
+    assert ours == pytest.approx(pooled_agreement(ref, pred, TRAFFIC_CLASSES), abs=1e-12)
+    assert pooled_ap(ref, ref) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one entry per frame"):
+        pooled_ap(ref, pred[:-1])
+
+
+@pytest.mark.e2e
+def test_int8_export_records_agreement_on_held_out_frames(tmp_path):
+    yolov5s_ready()
+    video = street_video()
+    out = export_edge("yolov5s", 4, (320, 192), tmp_path / "ir-int8", int8=True, calibration=video,
+                      calibration_frames=24)
+    meta = json.loads((out / "edge.json").read_text())
+    assert meta["precision"] == "int8" and 0.0 <= meta["agreement"] <= 1.0
+    held = meta["agreement_frames"]
+    calibrated = set(range(0, 3 * 24, 3))  # what NNCF saw
+    scored = set(range(held["first"], held["first"] + held["stride"] * held["count"], held["stride"]))
+    assert held["count"] >= 30 and not calibrated & scored and held["video"] == str(video)
+    print(json.dumps({k: meta[k] for k in ("agreement", "agreement_frames", "agreement_measure")}))
+    value, ok, reason = P.int8_admission(meta)
+    assert (value, ok) == (meta["agreement"], meta["agreement"] >= P.INT8_AGREEMENT_FLOOR)
+    assert ok or "below the floor" in reason

@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from split_infer import metrics
 from split_infer.config import CameraConfig
 from split_infer.redact import redact_url
 
@@ -351,6 +352,7 @@ class Capture:
                 self.stats.last_error = None
             if capped:
                 self.stats.capped += 1
+                metrics.EDGE_FRAMES.labels(self.id, "capped").inc()
 
     def _offer(self, frame: CapturedFrame) -> bool:
         """Hand `frame` to the slot (lossless: wait for room); False when stopped while waiting."""
@@ -364,6 +366,7 @@ class Capture:
             s = self.stats
             if replaced:
                 s.skipped += 1
+                metrics.EDGE_FRAMES.labels(self.id, "skipped").inc()
             if s.last_frame_ts is not None:
                 dt = max(frame.capture_ts - s.last_frame_ts, 1e-6)
                 s.fps = 1.0 / dt if s.fps == 0 else 0.9 * s.fps + 0.1 / dt

@@ -8,9 +8,12 @@ than f32 (issue 14). At start-up the edge times each candidate on its own device
 - `int8`, the INT8 IR exported beside the f32 one (`split-infer export --int8`: the sibling
   directory `<dir>-int8`, or `<dir>/int8`) for the same model, cut and input size.
 
-A candidate is kept only if its fidelity is within tolerance: INT8 by the detection agreement
-recorded in its edge.json at export time (floor 0.97) when present, else (and for bf16) by the
+A candidate is kept only if its fidelity is within tolerance: INT8 only by the detection agreement
+recorded in its edge.json at export time (`split-infer export --int8` measures it on held-out
+frames of the calibration video: split_infer/model/agreement.py), which must reach
+INT8_AGREEMENT_FLOOR (0.97); an INT8 IR with no recorded agreement is excluded. bf16 by the
 crossing tensors' error against f32 on the same frames, relative to f32's largest magnitude.
+Every excluded candidate is logged with the reason.
 The fastest kept candidate (median ms per frame after warm-up) wins. The choice and its figures
 are logged and cached in `<cache>/precision/<key>.json`, keyed by device, IR contents, CPU model
 and flags, OpenVINO version and threads, so the measurement runs once per machine and model.
@@ -40,13 +43,15 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("f32", "bf16", "int8")
 SETTINGS = ("auto", *PRECISIONS)
-INT8_AGREEMENT_FLOOR = 0.97  # detection agreement an INT8 IR must reach (issue 14)
-FEATURE_REL_TOL = {"f32": 0.0, "bf16": 0.05, "int8": 0.10}  # max |a - f32| / max |f32|
+# Pooled AP@0.5 against the f32 model that an INT8 IR must have reached at export (issue 14): the
+# operating point where the codec keeps detections (docs/bandwidth.md), so INT8 costs no more.
+INT8_AGREEMENT_FLOOR = 0.97
+FEATURE_REL_TOL = {"f32": 0.0, "bf16": 0.05}  # max |a - f32| / max |f32|
 WARMUP_RUNS = 3
 TIMED_RUNS = 15  # per candidate: keeps start-up to a few seconds at 640x384
 META_FILE = "edge.json"
 IR_FILE = "edge.xml"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: INT8 needs its recorded agreement (1 admitted it by feature error)
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Measurement:
     fidelity: float  # agreement (higher is better) or feature relative error (lower is better)
     fidelity_kind: str  # "detection_agreement@export" | "feature_rel_err"
     ok: bool
+    reason: str = ""  # why it was excluded (empty when kept)
 
 
 @dataclass
@@ -142,13 +148,29 @@ def feature_rel_err(out: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> f
 Runner = Callable[[Candidate], tuple[float, list[dict[str, np.ndarray]]]]
 
 
+def int8_admission(meta: dict[str, Any]) -> tuple[float, bool, str]:
+    """An INT8 IR's recorded agreement (NaN when none), whether it is admitted, and why not."""
+    agreement = meta.get("agreement")
+    if agreement is None:
+        note = meta.get("agreement_note") or "none recorded (exported before it was measured)"
+        return float("nan"), False, (f"no detection agreement in its {META_FILE}: {note}; "
+                                     "re-export with split-infer export --int8 to measure it")
+    value = float(agreement)
+    if not value >= INT8_AGREEMENT_FLOOR:  # NaN fails too
+        return value, False, f"detection agreement {value:.4f} at export is below the floor {INT8_AGREEMENT_FLOOR}"
+    return value, True, ""
+
+
 def fidelity(c: Candidate, outs: list[dict[str, np.ndarray]], ref: list[dict[str, np.ndarray]]
-             ) -> tuple[float, str, bool]:
-    agreement = _meta(c.model_dir).get("agreement") if c.name == "int8" else None
-    if agreement is not None:
-        return float(agreement), "detection_agreement@export", float(agreement) >= INT8_AGREEMENT_FLOOR
+             ) -> tuple[float, str, bool, str]:
+    """(value, kind, kept, reason excluded) of a candidate other than f32."""
+    if c.name == "int8":
+        value, ok, reason = int8_admission(_meta(c.model_dir))
+        return value, "detection_agreement@export", ok, reason
     err = max(feature_rel_err(o, r) for o, r in zip(outs, ref, strict=True))
-    return err, "feature_rel_err", err <= FEATURE_REL_TOL[c.name]
+    tol = FEATURE_REL_TOL[c.name]
+    ok = err <= tol
+    return err, "feature_rel_err", ok, "" if ok else f"feature error {err:.4f} against f32 is above {tol}"
 
 
 def measure(cands: Sequence[Candidate], run: Runner) -> list[Measurement]:
@@ -158,8 +180,10 @@ def measure(cands: Sequence[Candidate], run: Runner) -> list[Measurement]:
     out = []
     for c in cands:
         ms, outs = results[c.name]
-        value, kind, ok = (0.0, "feature_rel_err", True) if c.name == "f32" else fidelity(c, outs, ref)
-        out.append(Measurement(c.name, ms, value, kind, ok))
+        value, kind, ok, reason = (0.0, "feature_rel_err", True, "") if c.name == "f32" else fidelity(c, outs, ref)
+        if not ok:
+            log.info("edge precision %s excluded (%.2f ms per frame): %s", c.name, ms, reason)
+        out.append(Measurement(c.name, ms, value, kind, ok, reason))
     return out
 
 

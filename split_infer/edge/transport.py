@@ -166,11 +166,14 @@ class IngestLink:
     def _stamp(self, item: Item) -> None:
         """Fill in what is known only when a frame leaves: losses before it, and the send time."""
         frame = item.frame
-        if not item.info.get("sent"):
+        first_send = not item.info.get("sent")
+        if first_send:
             frame.dropped_before = self.ledger.take_dropped_before(item.camera)
             item.info["sent"] = True
         frame.sent_ts = time.time()
         frame.timings_ms["sent_after_capture"] = (frame.sent_ts - frame.capture_ts) * 1000.0
+        if first_send:  # capture-to-send latency, once per frame (a resend is not a new frame)
+            metrics.EDGE_STAGE.labels("sent_after_capture").observe(frame.sent_ts - frame.capture_ts)
         metrics.EDGE_INFLIGHT.set(len(self.outbox.inflight))
         metrics.EDGE_BUFFER.set(len(self.outbox))
 

@@ -2,7 +2,9 @@
 
 `split-infer export --model yolov5s --cut 4 --imgsz 640x384 [--int8 --calibration VIDEO]` writes
 `edge.xml`/`edge.bin` and `edge.json` (model, cut, input size and normalisation, output names and
-shapes, precision, versions). INT8 is NNCF post-training quantisation on frames of real footage.
+shapes, precision, versions). INT8 is NNCF post-training quantisation on frames of real footage;
+its detection agreement with the f32 model, on frames of that footage NNCF did not calibrate on,
+goes into edge.json (`agreement`), where the edge's `precision: auto` reads it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from split_infer.service import EXIT_CODES_EPILOG, HelpFormatter, checked
 META_FILE = "edge.json"
 IR_FILE = "edge.xml"
 FORMAT_VERSION = 1
+CALIBRATION_STRIDE = 3  # every third frame of the calibration video goes to NNCF
+AGREEMENT_FRAMES = 60  # held-out frames the INT8 agreement is measured on
 
 
 def default_ir_dir(model: str, cut: int, imgsz: tuple[int, int], int8: bool = False) -> Path:
@@ -170,7 +174,7 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
     out_dir = Path(out_dir) if out_dir else default_ir_dir(model_name, cut, imgsz, int8)
     stage(f"loading {model_name}")
     model = load_model(model_name)
-    edge, _ = partition(model, cut)
+    edge, cloud = partition(model, cut)
     learned: LearnedModel | Basis | None = None
     if codec_model:
         wrap = EdgeWithBasis if str(codec_model).endswith(".basis.npz") else EdgeWithBottleneck
@@ -179,10 +183,14 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
         raise ValueError("--int8 needs --calibration VIDEO (frames of real footage to calibrate on)")
     stage("converting to OpenVINO")
     ov_model = to_openvino(edge, imgsz, edge.output_names)
+    agreement: dict[str, Any] = {}
     if int8:
         assert calibration is not None
         stage(f"quantising to INT8 on {calibration_frames} frames of {Path(calibration).name} (NNCF)")
         ov_model = quantize_int8(ov_model, calibration, imgsz, calibration_frames)
+        stage("measuring the INT8 detection agreement on held-out frames")
+        agreement = int8_agreement(ov_model, model, edge, cloud, calibration, imgsz, calibration_frames,
+                                   measurable=learned is None)
     stage(f"saving {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, out_dir / IR_FILE, compress_to_fp16=False)
@@ -200,6 +208,7 @@ def export_edge(model_name: str, cut: int, imgsz: tuple[int, int], out_dir: Path
         "outputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in edge.output_names],
         "precision": "int8" if int8 else "fp32",
         "calibration": str(calibration) if int8 else None,
+        **agreement,
         "codec_model": ({"path": str(codec_model), "model_id": learned.model_id, "replaces": learned.tensor,
                          "kind": "basis" if str(codec_model).endswith(".basis.npz") else "learned"}
                         if learned else None),
@@ -213,12 +222,38 @@ def quantize_int8(ov_model: Any, calibration: str | Path, imgsz: tuple[int, int]
     """NNCF post-training INT8 quantisation on letterboxed frames spread over the calibration video."""
     import nncf  # optional heavy dependency, for INT8 only
 
-    frames = video_frames(calibration, count=count, stride=3)
+    frames = video_frames(calibration, count=count, stride=CALIBRATION_STRIDE)
     data = [letterbox(f, imgsz)[0][None] for f in frames]
     # NNCF draws its own bars on stdout, which carries the command's result: send them to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         return nncf.quantize(ov_model, nncf.Dataset(data), subset_size=len(data),
                              preset=nncf.QuantizationPreset.MIXED)
+
+
+def int8_agreement(ov_model: Any, model: Any, edge: Any, cloud: Any, calibration: str | Path,
+                   imgsz: tuple[int, int], calibration_frames: int, measurable: bool = True) -> dict[str, Any]:
+    """edge.json's `agreement` (None when it cannot be measured) and how it was measured: on the
+    frames after the calibration span, or (a short video) on the frames between calibration frames."""
+    if not measurable:  # the IR ends in a codec model: the head would need its decoder too
+        return {"agreement": None, "agreement_note": "not measured: the IR ends in a codec model"}
+    from split_infer.model.agreement import ir_agreement
+
+    start = CALIBRATION_STRIDE * calibration_frames
+    try:
+        frames = video_frames(calibration, AGREEMENT_FRAMES, CALIBRATION_STRIDE, start)
+    except ValueError:  # nothing after the calibration span
+        frames = []
+    if len(frames) < AGREEMENT_FRAMES // 2:
+        start = 1
+        frames = video_frames(calibration, AGREEMENT_FRAMES, CALIBRATION_STRIDE, start)
+    images = np.stack([letterbox(f, imgsz)[0] for f in frames])
+    value = ir_agreement(ov_model, edge, cloud, images, len(getattr(model, "names", {}) or {}) or 80)
+    held_out = {"video": str(calibration), "first": start, "stride": CALIBRATION_STRIDE, "count": len(frames)}
+    if not np.isfinite(value):
+        return {"agreement": None, "agreement_frames": held_out,
+                "agreement_note": "not measured: the f32 model found no traffic object in the held-out frames"}
+    return {"agreement": round(value, 4), "agreement_frames": held_out,
+            "agreement_measure": "pooled AP@0.5 vs the f32 model's detections (conf 0.25), traffic classes"}
 
 
 def ensure_edge_ir(model_name: str, cut: int, imgsz: tuple[int, int]) -> Path:
