@@ -345,8 +345,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="yolov5s")
     ap.add_argument("--cut", type=int, default=4)
     ap.add_argument("--imgsz", default="640x384")
-    ap.add_argument("--families", default="ends,jpeg,x264,x265,av1,video,temporal",
-                    help="comma list of ends, jpeg, x264, x265, av1, video, temporal")
+    ap.add_argument("--families", default="ends,jpeg,x264,x265,av1,video,basis,temporal",
+                    help="comma list of ends, jpeg, x264, x265, av1, video (no reduction), basis (one calibrated "
+                         "with --calibrate), temporal; --cross-basis and --reduction rows come on top")
     ap.add_argument("--cross-basis", action="append", default=[],
                     help="a basis calibrated on another clip (path or shipped name): the cross-camera row")
     ap.add_argument("--reduction", action="append", default=[], metavar="LABEL=PATH",
@@ -360,9 +361,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def video_variants(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, str, str, str | None]], list[dict]]:
     """The video codec's families (family, inner codec, preset, basis file or None); how each basis was calibrated."""
-    variants: list[tuple[str, str, str, str | None]] = [("video-h264", "h264", "veryfast", None)]
+    fams = set(args.families.split(","))
+    variants: list[tuple[str, str, str, str | None]] = [("video-h264", "h264", "veryfast", None)] * ("video" in fams)
     training: list[dict] = []
-    if args.calibrate:
+    if args.calibrate and "basis" in fams:
         own = calibrate_basis(args, work)
         training.append(own)
         variants += [("video-h264+basis", "h264", "veryfast", own["model"]),
@@ -408,7 +410,7 @@ def run_families(b: Bench, args: argparse.Namespace, fams: set[str], work: Path)
         b.whole_model_on_edge()
         b.openvino_f32()
         b.codec("lossless-end", "q8-zstd", dict(cut=args.cut))
-    if "video" in fams:
+    if fams & {"video", "basis"} or args.cross_basis or args.reduction:
         video_fams, training = run_video(b, args, work)
     if "temporal" in fams:
         video_fams.append("temporal")

@@ -21,6 +21,7 @@ from split_infer.config import CameraConfig, CloudConfig, EdgeToken
 from split_infer.keys import Keys
 from split_infer.proto import pb, pb_grpc
 from support.cloud import SHAPES, IngestThread, features, frame
+from support.http import probe
 from support.processes import Services
 from support.redisdb import RedisServer
 from support.wait import wait_for
@@ -284,9 +285,14 @@ def test_the_ingest_command_serves_metrics_and_stops_cleanly(r, keys, prefix, tm
         with pytest.raises(grpc.RpcError):
             s.Send(frame("cam-nope", 0))
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-        assert 'frames_total{outcome="ok",stage="ingest"} 1.0' in text
-        assert 'frames_total{outcome="rejected_unknown_camera",stage="ingest"} 1.0' in text
-        assert 'camera_up{camera="cam-a"} 1.0' in text and 'bytes_received_total{camera="cam-a"}' in text
+        assert 'splitinfer_frames_total{outcome="ok",stage="ingest"} 1.0' in text
+        assert 'splitinfer_frames_total{outcome="rejected_unknown_camera",stage="ingest"} 1.0' in text
+        assert 'splitinfer_camera_up{camera="cam-a"} 1.0' in text
+        assert 'splitinfer_ingest_received_bytes_total{camera="cam-a"}' in text
+        assert "splitinfer_queue_depth_frames{" not in text  # the worker's series (one owner)
+        for endpoint in ("healthz", "readyz"):  # Redis reachable and the gRPC server up: both 200
+            wait_for(lambda e=endpoint: probe(f"http://127.0.0.1:{mport}/{e}") == (200, {"status": "ok"}), 10,
+                     f"the ingest's /{endpoint}")
         services.signal("ingest", signal.SIGTERM)
         assert services.wait_exit("ingest", 15) == 0
     finally:
@@ -299,13 +305,16 @@ def test_the_ingest_command_serves_metrics_and_stops_cleanly(r, keys, prefix, tm
 def test_learned_codec_frames_are_reconstructed_at_the_ingest_and_queued_for_any_worker(r, keys, tmp_path):
     import torch  # optional heavy dependency, as is codec.train (torch) below
 
-    from split_infer.codec.train import build, save
+    from split_infer.codec import bottleneck
+    from split_infer.codec.train import TorchBottleneck, save
 
     torch.manual_seed(0)
-    net = build(channels=6, hidden=16, dec_hidden=24, cin=16)  # a small learned bottleneck for x4 (16 ch)
+    arch = bottleneck.layout(res_blocks=1)  # a small learned bottleneck for x4 (16 ch)
+    net = TorchBottleneck(arch, bottleneck.init_shapes(16, 6, 16, 24, res_blocks=1), channels=6)
     models = tmp_path / "codec-models"
     models.mkdir()
-    save(net, str(models / "m.npz"), {"cut": 4, "tensor": "x4", "trained_on": {"video": "synthetic", "frames": [0, 0]}})
+    save(net.arrays(), str(models / "m.npz"), {"cut": 4, "tensor": "x4", "architecture": arch,
+                                               "trained_on": {"video": "synthetic", "frames": [0, 0]}})
     enc = make_encoder(f"learned:{models / 'm.npz'}")
     payloads = [enc.encode(features(i)) for i in range(3)]
     # Without the models the ingest cannot decode learned frames: a clear rejection, nothing queued.
@@ -333,7 +342,7 @@ def test_video_codec_frames_are_decoded_at_the_ingest_and_queued_self_contained(
     models = tmp_path / "codec-models"
     basis = from_features(calib, np.eye(calib.shape[1]), 6, {"tensor": "x4"})
     basis.save(models / "cam.basis.npz")
-    enc = make_encoder("video", basis=str(models / "cam.basis.npz"), key_interval=3, crf=0)
+    enc = make_encoder("video", reduction=str(models / "cam.basis.npz"), key_interval=3, crf=0)
     base = features(0)["x4"]
     clip = [{"x4": base + 0.05 * rng.standard_normal(base.shape).astype(np.float32)} for _ in range(5)]
     payloads = [enc.encode_frame(f) for f in clip]
@@ -341,7 +350,7 @@ def test_video_codec_frames_are_decoded_at_the_ingest_and_queued_self_contained(
     with IngestThread(cloud_cfg(), keys) as ing:  # without the folder the basis is unknown: refused, nothing queued
         with pytest.raises(grpc.RpcError) as err:
             stub(ing.address).Send(frame("cam-a", 0, payload=payloads[0].payload))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "basis" in err.value.details()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "channel reduction" in err.value.details()
         assert queued(r, keys, "cam-a") == []
     with IngestThread(cloud_cfg(ingest={"codec_models": str(models)}), keys) as ing:
         s = stub(ing.address)

@@ -157,7 +157,8 @@ def test_unknown_token_is_refused_and_nothing_is_queued(tmp_path):
         pipe.wait_ingest()
         pipe.start_edge("--drain-timeout", "3")
         wait_for(lambda: "refused this node's token" in pipe.log("edge"), 60, "the token refusal")
-        assert pipe.wait_exit("edge", 60) == 0
+        assert pipe.wait_exit("edge", 60) == 1  # a runtime failure: its frames were never delivered
+        assert "undelivered" in pipe.log("edge")
         s = pipe.edge_stats()
         c = s["cameras"]["c0"]
         assert c["acked"] == 0 and "UNAUTHENTICATED" in (s["last_connection_error"] or "")

@@ -39,8 +39,9 @@ from split_infer.edge.precision import Choice, sample_frames, select_precision
 from split_infer.edge.scheduler import FrameScheduler
 from split_infer.edge.transport import IngestLink
 from split_infer.model.export import default_ir_dir
+from split_infer.observability import Probe
 from split_infer.redact import redact_url
-from split_infer.service import StopEvent, service_main
+from split_infer.service import EXIT_FAILURE, EXIT_OK, StopEvent, service_main
 
 if TYPE_CHECKING:
     from openvino import AsyncInferQueue
@@ -58,16 +59,16 @@ def resolve_model_dir(cfg: EdgeConfig) -> Path:
 
 def load_extractor(cfg: EdgeConfig) -> EdgeExtractor:
     model_dir = resolve_model_dir(cfg)
-    if not (model_dir / "edge.json").exists():
+    if not (model_dir / "edge.json").exists():  # the config names a model that is not there: exit 2
         w, h = cfg.model.imgsz
-        raise SystemExit(
-            f"edge: no exported edge model in {model_dir}; create it (on a machine with the cloud extra) with\n"
+        raise ConfigError(
+            f"no exported edge model in {model_dir}; create it (on a machine with the export extra) with\n"
             f"  split-infer export --model {cfg.model.name} --cut {cfg.model.cut} --imgsz {w}x{h} --out {model_dir}")
     config = {"INFERENCE_NUM_THREADS": cfg.threads} if cfg.threads else None
     try:
         choice = choose_precision(cfg, model_dir, config)
     except ValueError as e:
-        raise SystemExit(f"edge: {e}") from None
+        raise ConfigError(f"precision: {e}") from None
     extractor = EdgeExtractor(choice.model_dir, cfg.device, precision=choice.hint, config=config)
     extractor.precision = choice.precision
     return extractor
@@ -104,6 +105,7 @@ class EdgeNode:
         self._closing = False  # no new frames; deliver what is buffered
         self._started = time.time()
         self._cpu0 = time.process_time()  # reset when run() starts: the figure excludes the model load
+        self.probe = Probe()  # /healthz: the event loop turns; /readyz: a stream to the ingest is open
 
     def _request_key_frame(self, camera: str) -> None:
         self.scheduler.request_key_frame(camera)
@@ -142,6 +144,9 @@ class EdgeNode:
     async def _stats_loop(self) -> None:
         while True:
             self._write_stats()
+            self.probe.beat()
+            self.probe.set_ready(self.link.connected,
+                                 f"no stream to the ingest: {self.link.last_error or 'connecting'}")
             await asyncio.sleep(1.0)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -160,19 +165,23 @@ class EdgeNode:
                  self.session, len(self.cfg.cameras), self.extractor.meta.get("model"),
                  self.extractor.meta.get("cut"), *self.scheduler.imgsz, self.cfg.codec, self.cfg.cloud)
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a scheduler that failed fails the node (exit 1), never a quiet exit 0
         finally:
             self._closing = True
             for w in waiters:
                 w.cancel()
             await self._drain(queue)
             give_up.set()
-            await asyncio.gather(sender, return_exceptions=True)
+            sent = (await asyncio.gather(sender, return_exceptions=True))[0]
             stats_task.cancel()
             await asyncio.to_thread(self.scheduler.stop_captures)
             stats = self.stats()
             self._write_stats()
             self.ledger.close()
+        if isinstance(sent, Exception):
+            raise RuntimeError(f"the link to the ingest failed: {sent}") from sent
         return stats
 
     async def _drain(self, queue: AsyncInferQueue) -> None:
@@ -198,13 +207,15 @@ class EdgeNode:
 
 
 def _add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--camera", action="append", help="camera URL (repeatable); replaces the config's cameras")
-    ap.add_argument("--cloud", help="ingest host:port (overrides the config)")
+    ap.add_argument("--camera", action="append",
+                    help="camera URL (repeatable); replaces the config's cameras (default: the config's)")
+    ap.add_argument("--cloud", help="ingest host:port (default: the config's)")
     ap.add_argument("--token", action=_NoSecretOnArgv, help=argparse.SUPPRESS)
-    ap.add_argument("--frames", type=int, help="stop after taking N frames across cameras")
-    ap.add_argument("--duration", type=float, help="stop after S seconds")
-    ap.add_argument("--stats-json", type=Path, help="write per-camera stats here every second")
-    ap.add_argument("--sent-log", type=Path, help="append one JSON line per frame outcome (tests, benchmarks)")
+    ap.add_argument("--frames", type=int, help="stop after taking N frames across cameras (default: no limit)")
+    ap.add_argument("--duration", type=float, help="stop after S seconds (default: run until stopped)")
+    ap.add_argument("--stats-json", type=Path, help="write per-camera stats here every second (default: none)")
+    ap.add_argument("--sent-log", type=Path,
+                    help="append one JSON line per frame outcome, for tests and benchmarks (default: none)")
     ap.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to deliver the buffer on stop")
 
 
@@ -227,9 +238,12 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
 
 def _run(args: argparse.Namespace, stop: StopEvent) -> int:
     cfg = config_from_args(args)
-    metrics.start_metrics_server(cfg.metrics_port or 0, cfg.metrics_addr)
+    probe = Probe(starting="loading the edge model")
+    metrics.set_build_info(cfg.model.name, cfg.codec)
+    metrics.start_metrics_server(cfg.metrics_port, cfg.metrics_addr, live=probe.live, ready=probe.ready)
     node = EdgeNode(cfg, sent_log=args.sent_log, stats_path=args.stats_json, max_frames=args.frames,
                     drain_timeout_s=args.drain_timeout)
+    node.probe = probe
 
     async def run_until_stopped() -> dict[str, Any]:
         return await node.run(stop.asyncio_event(), args.duration)
@@ -241,12 +255,25 @@ def _run(args: argparse.Namespace, stop: StopEvent) -> int:
             totals[k] += camera[k]
     print(json.dumps({"session": stats["session"], **totals, "undelivered": stats["undelivered"],
                       "reconnects": stats["reconnects"]}), file=sys.stderr)
+    code = exit_code(stats)
     sys.stderr.flush()
     sys.stdout.flush()
     if any(cap.threads_alive for cap in node.scheduler.captures.values()):
         # A reader still blocked inside FFmpeg would abort the interpreter at exit; leave now.
-        os._exit(0)
-    return 0
+        os._exit(code)
+    return code
+
+
+def exit_code(stats: dict[str, Any]) -> int:
+    """1 when the run failed its purpose: no camera gave a frame, or frames never reached the cloud."""
+    if not stats["frames_taken"]:
+        log.error("no camera delivered a frame: check the camera URLs (stats per camera: --stats-json)")
+        return EXIT_FAILURE
+    if stats["undelivered"]:
+        log.error("stopped with %d frame(s) undelivered to the ingest at %s (%s)", stats["undelivered"],
+                  stats["cloud"], stats["last_connection_error"] or "it did not acknowledge them in time")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,18 +27,22 @@ IMGSZ = (320, 192)
 
 class Pipeline:
     def __init__(self, tmp: Path, db: int, cameras: list[dict], *, overload: str = "late",
-                 edge_extra: dict | None = None, cloud_extra: dict | None = None, tls: bool = True) -> None:
+                 edge_extra: dict | None = None, cloud_extra: dict | None = None, tls: bool = True,
+                 redis_url: str | None = None) -> None:
         """gRPC between the edge and the ingest is mutual TLS with development certificates; `tls=False`:
-        plaintext, with `insecure: true` on both sides."""
+        plaintext, with `insecure: true` on both sides. `redis_url`: another Redis instead of database
+        `db` of the shared one (a Redis Cluster: tests/support/rediscluster.py)."""
         self.tmp, self.db = tmp, db
+        self.camera_ids = [c["id"] for c in cameras]
+        url = redis_url or database_url(db)
         self.keys = Keys.from_env()  # the services': they inherit this environment
         ensure_edge_ir("yolov5s", 4, IMGSZ)  # the edge process loads the IR; export it once (torch, here)
-        self.r = connect(database_url(db))
+        self.r = connect(url)
         self.r.flushdb()
         self.port = free_port()
         self.services = Services(tmp)
         model = {"name": "yolov5s", "cut": 4, "imgsz": list(IMGSZ)}
-        cloud = {"redis_url": database_url(db), "listen": f"127.0.0.1:{self.port}", "model": model,
+        cloud = {"redis_url": url, "listen": f"127.0.0.1:{self.port}", "model": model,
                  "head_runtime": "openvino", "latency_slo_ms": 5000,
                  "worker": {"overload": overload, "claim_idle_ms": 3000, "claim_interval_s": 1.0},
                  "tls": cloud_tls(dev_certs()) if tls else {"insecure": True}}
@@ -101,7 +105,8 @@ class Pipeline:
 
     def cloud_drops(self) -> list[dict]:
         out = []
-        for stream in (self.keys.dropped, self.keys.dead_letter):
+        streams = [s for c in self.camera_ids for s in (self.keys.dropped_stream(c), self.keys.dead_letter_stream(c))]
+        for stream in streams:
             for _, f in self.r.xrange(stream):
                 d = {k.decode(): v.decode() for k, v in f.items()}
                 d["seq"] = int(d["seq"])
