@@ -171,7 +171,8 @@ def dashboard_routes(app: APIRouter, errors: dict[int | str, dict[str, Any]]) ->
     ) -> History:
         """Per-minute counts (per class, per line and direction) in [start, end], kept
         `analytics.history_days` days; at most 31 days at once (the answer's `start` says where it began)."""
-        end = time.time() if end is None else end
+        if end is None:  # as the data routes do: "from start on" when only start is given
+            end = time.time() if start is None else max(time.time(), start)
         start = max(0.0, end - 86_400) if start is None else start
         if start > end:
             raise HTTPException(422, f"start ({start}) is after end ({end})")
