@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from split_infer.cloud.head import Head
-from split_infer.codec import DEFAULT_CODEC, bottleneck, make_decoder, make_encoder
+from split_infer.codec import DEFAULT_CODEC, bottleneck, make_decoder, make_encoder, reduction
 from split_infer.codec.basis import Basis, resolve
 from split_infer.codec.learned import LearnedModel
 from split_infer.codec.train import TorchBottleneck, save
@@ -148,9 +148,12 @@ def test_learned_codec_encoder_runs_inside_the_edge_ir(tmp_path):
     assert np.abs(in_ir["x4"] - in_numpy["x4"]).mean() <= 1e-2 * np.abs(in_numpy["x4"]).mean()
 
 
+SHIPPED_BASIS = "yolov5s-cut4-street"  # the video codec's training-free channel reduction
+
+
 @pytest.mark.e2e
 def test_video_codec_basis_runs_inside_the_edge_ir(tmp_path):
-    shipped = resolve(DEFAULT_CODEC.split(":", 1)[1])
+    shipped = resolve(SHIPPED_BASIS)
     basis = Basis.load(shipped)
     ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=shipped)
     meta = json.loads((ir / "edge.json").read_text())
@@ -163,8 +166,31 @@ def test_video_codec_basis_runs_inside_the_edge_ir(tmp_path):
     want = basis.encode(_reference(x[None]))  # numpy's reduction of PyTorch's features
     assert np.abs(y - want).max() <= 1e-3 * np.abs(want).max()
     # the encoder sees a reduced tensor and only codes it; the cloud rebuilds all 128 channels
-    lossless = dict(crf=0)
-    in_ir = make_decoder().decode(make_encoder(DEFAULT_CODEC, **lossless).encode({"x4": y}))["x4"]
-    in_numpy = make_decoder().decode(make_encoder(DEFAULT_CODEC, **lossless).encode({"x4": _reference(x[None])}))["x4"]
+    spec = f"video:{SHIPPED_BASIS}"
+    in_ir = make_decoder().decode(make_encoder(spec, crf=0).encode({"x4": y}))["x4"]
+    in_numpy = make_decoder().decode(make_encoder(spec, crf=0).encode({"x4": _reference(x[None])}))["x4"]
+    assert in_ir.shape == in_numpy.shape == (1, 128, 24, 40)
+    assert np.abs(in_ir - in_numpy).mean() <= 2e-2 * np.abs(in_numpy).mean()
+
+
+@pytest.mark.e2e
+def test_the_default_codecs_learned_encoder_runs_inside_the_edge_ir(tmp_path):
+    """The default codec's reduction is a shipped learned bottleneck: exported into the IR, its
+    latent `z` goes into the same video codec, and the cloud rebuilds x4 as from the numpy path."""
+    shipped = reduction.resolve(DEFAULT_CODEC.split(":", 1)[1])
+    model = LearnedModel.load(shipped)
+    ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=shipped)
+    meta = json.loads((ir / "edge.json").read_text())
+    assert meta["outputs"] == [{"name": "z", "shape": [model.components, 24, 40], "dtype": "float32"}]
+    assert meta["codec_model"]["kind"] == "learned" and meta["codec_model"]["model_id"] == model.model_id
+
+    extractor = EdgeExtractor(ir, "CPU", precision="f32")
+    x, _ = extractor.preprocess(cv2.imread(str(bus_jpg())))
+    z = extractor.infer(x)["z"]
+    x4 = _reference(x[None])
+    want = model.encode(x4)
+    assert np.abs(z - want).max() <= 1e-3 * np.abs(want).max()
+    in_ir = make_decoder().decode(make_encoder(DEFAULT_CODEC, crf=0).encode({"z": z}))["x4"]
+    in_numpy = make_decoder().decode(make_encoder(DEFAULT_CODEC, crf=0).encode({"x4": x4}))["x4"]
     assert in_ir.shape == in_numpy.shape == (1, 128, 24, 40)
     assert np.abs(in_ir - in_numpy).mean() <= 2e-2 * np.abs(in_numpy).mean()

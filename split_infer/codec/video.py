@@ -43,6 +43,11 @@ INNER = {"h264": ("libx264", "h264"), "hevc": ("libx265", "hevc")}
 MID = 128  # the code of a channel's mean, and of padding tiles and chroma
 SPAN = 127  # codes MID - SPAN .. MID + SPAN cover mean -/+ clip * std
 MAX_PICTURE = 8192  # mosaic width or height: what x264/x265 accept comfortably
+# Default CRFs, at about agreement 0.97 on the street clip's held-out half (docs/bandwidth.md). A
+# learned latent spans a few tens of integer codes, not the 8-bit z-scores of the other paths, so
+# the same picture quality needs a lower CRF.
+DEFAULT_CRF = 28
+DEFAULT_CRF_LEARNED = 22
 
 
 def _av() -> ModuleType:
@@ -177,7 +182,8 @@ def key_scales(x: np.ndarray, clip: float, balance: float) -> tuple[np.ndarray, 
 class VideoEncoder(Encoder):
     """Per-channel normalised 8-bit codes, tiled into a mosaic, through x264 or x265.
 
-    inner: "h264" or "hevc"; crf: the inner codec's constant rate factor (higher = fewer bytes);
+    inner: "h264" or "hevc"; crf: the inner codec's constant rate factor (higher = fewer bytes;
+    default DEFAULT_CRF, or DEFAULT_CRF_LEARNED with a learned reduction);
     preset: its speed preset; clip: codes span mean +/- clip * s per channel (see `key_scales`);
     balance: 1 = z-score per channel, 0 = one step for all (default 0 with a reduction, else 0.5);
     key_interval: frames per key frame; threads: the inner encoder's threads (1: the edge budget is
@@ -187,13 +193,16 @@ class VideoEncoder(Encoder):
 
     codec = "video"
 
-    def __init__(self, inner: str = "h264", crf: float = 28, preset: str = "veryfast", clip: float = 8.0,
+    def __init__(self, inner: str = "h264", crf: float | None = None, preset: str = "veryfast", clip: float = 8.0,
                  balance: float | None = None, key_interval: int = 30, threads: int = 1,
                  reduction: str | Path | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.reduction: Reduction | None = reductions.load(reduction) if reduction is not None else None
         if balance is None:  # a reduction's components are in one metric already: one step for all
             balance = 0.0 if self.reduction is not None else 0.5
+        if crf is None:
+            learned = self.reduction is not None and self.reduction.code_step is not None
+            crf = DEFAULT_CRF_LEARNED if learned else DEFAULT_CRF
         if inner not in INNER:
             raise ValueError(f"inner codec must be one of {sorted(INNER)}, got {inner!r}")
         if not 0 <= crf <= 51 or clip <= 0 or not 0 <= balance <= 1 or key_interval < 1 or threads < 1:
