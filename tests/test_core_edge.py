@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from split_infer.cloud.head import Head
-from split_infer.codec import DEFAULT_CODEC, bottleneck, make_decoder, make_encoder, reduction
+from split_infer.codec import bottleneck, make_decoder, make_encoder
 from split_infer.codec.basis import Basis, resolve
 from split_infer.codec.learned import LearnedModel
 from split_infer.codec.train import TorchBottleneck, save
@@ -174,23 +174,27 @@ def test_video_codec_basis_runs_inside_the_edge_ir(tmp_path):
 
 
 @pytest.mark.e2e
-def test_the_default_codecs_learned_encoder_runs_inside_the_edge_ir(tmp_path):
-    """The default codec's reduction is a shipped learned bottleneck: exported into the IR, its
-    latent `z` goes into the same video codec, and the cloud rebuilds x4 as from the numpy path."""
-    shipped = reduction.resolve(DEFAULT_CODEC.split(":", 1)[1])
-    model = LearnedModel.load(shipped)
-    ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=shipped)
-    meta = json.loads((ir / "edge.json").read_text())
-    assert meta["outputs"] == [{"name": "z", "shape": [model.components, 24, 40], "dtype": "float32"}]
-    assert meta["codec_model"]["kind"] == "learned" and meta["codec_model"]["model_id"] == model.model_id
-
+def test_a_learned_reduction_for_the_video_codec_runs_inside_the_edge_ir(tmp_path):
+    """`video:<learned.npz>`: the bottleneck's encoder exported into the IR; its latent `z` goes
+    into the video codec, and the cloud rebuilds x4 as from the numpy path."""
+    torch.manual_seed(0)
+    arch = bottleneck.layout(res_blocks=1)  # an untrained bottleneck: the plumbing is tested
+    net = TorchBottleneck(arch, bottleneck.init_shapes(128, 8, 16, 24, res_blocks=1), channels=8)
+    codec = tmp_path / "models" / "cam.npz"
+    save(net.arrays(), str(codec), {"cut": 4, "tensor": "x4", "architecture": arch,
+                                    "trained_on": {"video": "synthetic", "frames": [0, 0]}})
+    model = LearnedModel.load(codec)
+    ir = export_edge("yolov5s", 4, IMGSZ, tmp_path / "ir", codec_model=codec)
+    assert json.loads((ir / "edge.json").read_text())["outputs"] == [
+        {"name": "z", "shape": [model.components, 24, 40], "dtype": "float32"}]
     extractor = EdgeExtractor(ir, "CPU", precision="f32")
     x, _ = extractor.preprocess(cv2.imread(str(bus_jpg())))
     z = extractor.infer(x)["z"]
     x4 = _reference(x[None])
     want = model.encode(x4)
     assert np.abs(z - want).max() <= 1e-3 * np.abs(want).max()
-    in_ir = make_decoder().decode(make_encoder(DEFAULT_CODEC, crf=0).encode({"z": z}))["x4"]
-    in_numpy = make_decoder().decode(make_encoder(DEFAULT_CODEC, crf=0).encode({"x4": x4}))["x4"]
+    spec, models = f"video:{codec}", str(codec.parent)
+    in_ir = make_decoder(learned_dir=models).decode(make_encoder(spec, crf=0).encode({"z": z}))["x4"]
+    in_numpy = make_decoder(learned_dir=models).decode(make_encoder(spec, crf=0).encode({"x4": x4}))["x4"]
     assert in_ir.shape == in_numpy.shape == (1, 128, 24, 40)
     assert np.abs(in_ir - in_numpy).mean() <= 2e-2 * np.abs(in_numpy).mean()

@@ -22,9 +22,11 @@ from split_infer.codec.codecs import Decoder, EncodedFrame, Encoder, QuantEncode
 from split_infer.codec.errors import CodecError
 from split_infer.codec.wire import Limits
 
-# What the edge sends unless told otherwise: the best codec measured (docs/bandwidth.md): the
-# video codec after the learned bottleneck trained on the street clip for YOLOv5s at cut 4.
-DEFAULT_CODEC = "video:yolov5s-cut4-street16"
+# What the edge sends unless told otherwise: the best codec measured on footage it was not tuned
+# on (docs/bandwidth.md): the video codec after the linear channel reduction calibrated on the
+# street clip for YOLOv5s at cut 4. The learned bottleneck beats it on its own camera but
+# collapses on another one, so it stays a per-camera option.
+DEFAULT_CODEC = "video:yolov5s-cut4-street"
 
 __all__ = ["DEFAULT_CODEC", "CodecError", "Decoder", "EncodedFrame", "Encoder", "Limits", "make_decoder",
            "make_encoder", "register_encoder", "encoder_specs"]
