@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from split_infer.model.agreement import greedy_hits  # one matching rule for package and benchmarks
+
 # COCO ids: person, bicycle, car, motorcycle, bus, truck.
 TRAFFIC_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 5, 7)
 REF_CONF = 0.25  # reference detections (the "ground truth")
@@ -21,31 +23,6 @@ def keep_classes(dets: np.ndarray, classes=TRAFFIC_CLASSES) -> np.ndarray:
     """[K, 6] (x1, y1, x2, y2, score, class) -> only the rows of `classes`."""
     dets = np.asarray(dets, np.float32).reshape(-1, 6)
     return dets[np.isin(dets[:, 5].astype(int), classes)]
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a [N, 4] against every box in b [M, 4]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
-    inter = np.prod((rb - lt).clip(0), axis=2)
-    area = lambda x: np.prod((x[:, 2:4] - x[:, :2]).clip(0), axis=1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
-def _match(pred: np.ndarray, gt: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy matching, highest score first: True where a prediction hits an unmatched GT box."""
-    hit = np.zeros(len(pred), bool)
-    if not len(pred) or not len(gt):
-        return hit
-    order = np.argsort(-pred[:, 4], kind="stable")
-    ious = iou_matrix(pred[order, :4], gt[:, :4])
-    taken = np.zeros(len(gt), bool)
-    for rank, i in enumerate(order):
-        cand = np.where(taken, -1.0, ious[rank])
-        j = int(cand.argmax())
-        if cand[j] >= iou:
-            taken[j], hit[i] = True, True
-    return hit
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -72,7 +49,7 @@ def agreement_map50(reference: list[np.ndarray], predicted: list[np.ndarray], cl
             pr = keep_classes(pred, (c,))
             n_gt += len(gt)
             scores.append(pr[:, 4])
-            hits.append(_match(pr, gt, iou))
+            hits.append(greedy_hits(pr, gt, iou))
         if n_gt == 0:
             continue
         s, h = np.concatenate(scores), np.concatenate(hits)
@@ -93,7 +70,7 @@ def f1_score(reference: list[np.ndarray], predicted: list[np.ndarray], classes=T
             gt = gt[gt[:, 4] >= conf]
             pr = keep_classes(pred, (c,))
             pr = pr[pr[:, 4] >= conf]
-            hit = _match(pr, gt, iou)
+            hit = greedy_hits(pr, gt, iou)
             tp += int(hit.sum())
             fp += int((~hit).sum())
             fn += len(gt) - int(hit.sum())
@@ -135,7 +112,7 @@ class FrameMatches:
                 pr = keep_classes(pred, g)
                 self.n_gt[i] += len(gt)
                 s.append(pr[:, 4])
-                h.append(_match(pr, gt, iou))
+                h.append(greedy_hits(pr, gt, iou))
             self.scores.append(np.concatenate(s) if s else np.zeros(0, np.float32))
             self.hits.append(np.concatenate(h) if h else np.zeros(0, bool))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation import agreement_map50, average_precision, f1_score, iou_matrix
+from evaluation import agreement_map50, average_precision, f1_score
+from split_infer.model.agreement import iou_matrix
 
 pytestmark = pytest.mark.unit
 

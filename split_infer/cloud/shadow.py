@@ -25,6 +25,7 @@ import numpy as np
 
 from split_infer import metrics
 from split_infer.cloud.head import HeadFn
+from split_infer.model.agreement import greedy_hits
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +52,14 @@ class MatchCounts:
         return 1.0 if self.tp + errors == 0 else 2 * self.tp / (2 * self.tp + errors)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a [N, 4] against every box in b [M, 4] (x1, y1, x2, y2)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod((rb - lt).clip(0), axis=2)
-    area_a = np.prod((a[:, 2:] - a[:, :2]).clip(0), axis=1)
-    area_b = np.prod((b[:, 2:] - b[:, :2]).clip(0), axis=1)
-    return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9))
-
-
 def match_counts(stable: Detections, canary: Detections, iou: float = 0.5) -> MatchCounts:
     """Class-aware greedy matching of one frame's canary boxes to its stable boxes."""
     tp = fp = fn = 0
     for name in {d["class_name"] for d in stable} | {d["class_name"] for d in canary}:
         ref = np.array([d["box"] for d in stable if d["class_name"] == name], np.float64).reshape(-1, 4)
-        mine = sorted((d for d in canary if d["class_name"] == name), key=lambda d: -float(d["score"]))
-        box = np.array([d["box"] for d in mine], np.float64).reshape(-1, 4)
-        taken = np.zeros(len(ref), bool)
-        hits = 0
-        if len(ref) and len(box):
-            ious = _iou(box, ref)
-            for row in ious:
-                cand = np.where(taken, -1.0, row)
-                j = int(cand.argmax())
-                if cand[j] >= iou:
-                    taken[j] = True
-                    hits += 1
+        box = np.array([[*d["box"], float(d["score"])] for d in canary if d["class_name"] == name],
+                       np.float64).reshape(-1, 5)
+        hits = int(greedy_hits(box, ref, iou).sum())
         tp, fp, fn = tp + hits, fp + len(box) - hits, fn + len(ref) - hits
     return MatchCounts(tp, fp, fn)
 

@@ -25,7 +25,8 @@ NMS_IOU = 0.45
 MATCH_IOU = 0.5
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a [N, 4+] against every box in b [M, 4+] (x1, y1, x2, y2 first)."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
     inter = np.prod((rb - lt).clip(0), axis=2)
@@ -34,13 +35,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter + 1e-9))
 
 
-def _hits(pred: np.ndarray, ref: np.ndarray, iou: float) -> np.ndarray:
+def greedy_hits(pred: np.ndarray, ref: np.ndarray, iou: float) -> np.ndarray:
     """Greedy, highest score first: True where a candidate box takes an unmatched reference box."""
     hit = np.zeros(len(pred), bool)
     if not len(pred) or not len(ref):
         return hit
     order = np.argsort(-pred[:, 4], kind="stable")
-    ious = _iou(pred[order, :4], ref[:, :4])
+    ious = iou_matrix(pred[order, :4], ref[:, :4])
     taken = np.zeros(len(ref), bool)
     for rank, i in enumerate(order):
         cand = np.where(taken, -1.0, ious[rank])
@@ -65,7 +66,7 @@ def pooled_ap(reference: Sequence[np.ndarray], predicted: Sequence[np.ndarray],
             p = pred[pred[:, 5].astype(int) == c]
             n_ref += len(r)
             scores.append(p[:, 4])
-            hits.append(_hits(p, r, MATCH_IOU))
+            hits.append(greedy_hits(p, r, MATCH_IOU))
     if n_ref == 0:
         return float("nan")
     s, h = np.concatenate(scores), np.concatenate(hits)
