@@ -139,8 +139,12 @@ class EdgeConfig(Strict):
     anchor_x264_crf: int | None = Field(default=None, ge=0, le=51)
     buffer_frames: int = Field(default=64, ge=1)  # frames kept while the cloud is unreachable
     inflight_frames: int = Field(default=16, ge=1)  # gRPC window
-    infer_requests: int = Field(default=2, ge=1)  # OpenVINO async requests in flight across cameras
+    # OpenVINO's hint: auto = latency for one camera, throughput (one stream per core) for more.
+    performance_hint: Literal["auto", "latency", "throughput"] = "auto"
+    infer_requests: int | None = Field(default=None, ge=1)  # in flight across cameras; None: OpenVINO's optimum
     threads: int | None = Field(default=None, ge=1)  # OpenVINO CPU threads for the edge; None: all cores
+    # FFmpeg decode threads per camera; None = 1 when the node has at least as many cameras as cores.
+    decode_threads: int | None = Field(default=None, ge=1)
     # OpenVINO inference precision; auto: the fastest within tolerance, measured once per device and
     # model at start-up and cached (split_infer/edge/precision.py).
     precision: Literal["auto", "f32", "bf16", "int8"] = "auto"

@@ -104,7 +104,8 @@ EDGE_BYTES = Counter("splitinfer_edge_sent_bytes_total", "Bytes the edge sent pe
                      ["camera", "kind"])
 EDGE_STAGE = Histogram(
     "splitinfer_edge_stage_seconds",
-    "Edge time per frame and stage (capture, preprocess, extract, encode; sent_after_capture: capture to first send)",
+    "Edge time per frame and stage (capture: wall time reading, waiting for the camera included; decode: "
+    "the reader's CPU time; preprocess, extract, encode; sent_after_capture: capture to first send)",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
 )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from split_infer.config import CameraConfig
-from split_infer.edge.capture import Capture, CapturedFrame, FrameSlot, source_kind
+from split_infer.edge.capture import Capture, CapturedFrame, FrameSlot, open_source, source_kind
 from support.data import street_video
 from support.media import HttpFeed, clip
 from support.wait import wait_for
@@ -150,3 +150,20 @@ def test_watchdog_restarts_a_reader_stuck_in_a_silent_stream():
         cap.stop(timeout=10)
         feed.stop()
     assert not cap.threads_alive, "a reader thread outlived stop()"
+
+
+def test_one_decode_thread_keeps_the_decode_in_the_reader_and_its_cpu_is_recorded(tmp_path):
+    video = clip(tmp_path, 12)
+    one = open_source(str(video), 5.0, 5.0, decode_threads=1)
+    try:
+        assert one.get(cv2.CAP_PROP_N_THREADS) == 1
+    finally:
+        one.release()
+    cap = Capture(CameraConfig(id="c0", url=str(video), realtime=False), decode_threads=1).start()
+    try:
+        frames = [f for f in iter(lambda: cap.take(timeout=2.0), None)]
+        assert len(frames) == 12
+        # The decode's CPU clock is positive and, with no camera to wait for, within the wall time.
+        assert all(0.0 < f.decode_ms <= f.capture_ms + 1.0 for f in frames)
+    finally:
+        cap.stop()

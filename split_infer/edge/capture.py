@@ -48,7 +48,8 @@ class CapturedFrame:
     index: int  # frames read since the source was opened (for a file: its frame number)
     connection: int  # how many times the source has been opened; (connection, index) is unique
     capture_ts: float  # unix seconds when the frame was read
-    capture_ms: float  # time spent reading and decoding it
+    capture_ms: float  # wall time in read(): waiting for the source, then decoding
+    decode_ms: float = 0.0  # CPU time the reader thread spent in read(): the decode's cost
 
 
 @dataclass
@@ -79,7 +80,8 @@ def source_kind(url: str) -> str:
     return "file"
 
 
-def open_source(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
+def open_source(url: str, open_timeout_s: float, read_timeout_s: float,
+                decode_threads: int | None = None) -> cv2.VideoCapture:
     """Open a source; raise OSError with a readable reason when it cannot be opened."""
     kind = source_kind(url)
     if kind == "device":
@@ -94,6 +96,11 @@ def open_source(url: str, open_timeout_s: float, read_timeout_s: float) -> cv2.V
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
         ]
+        if decode_threads is not None:
+            # One decode thread keeps the whole decode in the reader thread, so its CPU clock is the
+            # decode's cost, and many cameras share the cores without each camera's frame threads
+            # competing (frame threading also holds a frame back).
+            params += [cv2.CAP_PROP_N_THREADS, decode_threads]
         cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         cap.release()
@@ -158,8 +165,10 @@ class Capture:
         stall_timeout_s: float = 15.0,
         backoff_s: tuple[float, float] = (0.5, 30.0),
         max_retries: int | None = None,
+        decode_threads: int | None = None,  # the FFmpeg decoder's threads; None: FFmpeg's default
     ) -> None:
         self.camera = camera
+        self.decode_threads = decode_threads
         self.kind = source_kind(camera.url)
         self.lossless = self.kind == "file" and not camera.realtime
         self.open_timeout_s = open_timeout_s
@@ -267,7 +276,7 @@ class Capture:
         failures = 0
         while self._current(gen):
             try:  # open() has its own timeout; the watchdog only guards reads
-                cap = open_source(self.camera.url, self.open_timeout_s, self.read_timeout_s)
+                cap = open_source(self.camera.url, self.open_timeout_s, self.read_timeout_s, self.decode_threads)
             except OSError as e:
                 failures += 1
                 if self.max_retries is not None and failures > self.max_retries:
@@ -324,16 +333,17 @@ class Capture:
                 if delay > 0:
                     self._stop.wait(delay)
                 next_read = max(next_read + pace, time.monotonic() - pace)  # never burst after a stall
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), time.thread_time()
             self._busy(gen, True)
             ok, image = cap.read()
             self._busy(gen, False)
+            decode_ms = (time.thread_time() - cpu0) * 1000.0
             if not self._current(gen):
                 return "abandoned"
             if not ok or image is None:
                 return "eof" if self.kind == "file" else "read failed"
             now = time.monotonic()
-            frame = CapturedFrame(self.id, image, index, connection, time.time(), (now - t0) * 1000.0)
+            frame = CapturedFrame(self.id, image, index, connection, time.time(), (now - t0) * 1000.0, decode_ms)
             index += 1
             capped = bool(cap_period) and now < next_offer
             self._count_read(capped)

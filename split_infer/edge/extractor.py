@@ -80,6 +80,13 @@ class EdgeExtractor:
         result = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         return {name: np.array(result[port]) for name, port in self._outputs.items()}
 
+    def optimal_requests(self) -> int:
+        """OpenVINO's number of requests that keeps every stream of the compiled model busy."""
+        try:
+            return int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        except RuntimeError:  # a device or wrapper without the property
+            return 2
+
     def async_queue(self, jobs: int, callback):
         """An OpenVINO AsyncInferQueue whose callback gets (outputs dict, userdata)."""
         import openvino as ov  # heavy: imported with the model, see __init__

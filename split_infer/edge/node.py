@@ -64,14 +64,33 @@ def load_extractor(cfg: EdgeConfig) -> EdgeExtractor:
         raise ConfigError(
             f"no exported edge model in {model_dir}; create it (on a machine with the export extra) with\n"
             f"  split-infer export --model {cfg.model.name} --cut {cfg.model.cut} --imgsz {w}x{h} --out {model_dir}")
-    config = {"INFERENCE_NUM_THREADS": cfg.threads} if cfg.threads else None
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": cfg.threads} if cfg.threads else {}
     try:
-        choice = choose_precision(cfg, model_dir, config)
+        choice = choose_precision(cfg, model_dir, config or None)
     except ValueError as e:
         raise ConfigError(f"precision: {e}") from None
+    config["PERFORMANCE_HINT"] = performance_hint(cfg)
     extractor = EdgeExtractor(choice.model_dir, cfg.device, precision=choice.hint, config=config)
     extractor.precision = choice.precision
+    log.info("edge extractor: %s precision, %s hint, %d infer request(s)", choice.precision or "default",
+             config["PERFORMANCE_HINT"], infer_requests(cfg, extractor))
     return extractor
+
+
+def performance_hint(cfg: EdgeConfig) -> str:
+    """LATENCY for one camera (all cores on each frame); THROUGHPUT for more: one stream per core
+    runs one frame per camera at a time on a single thread each, with no cross-core sync per layer."""
+    if cfg.performance_hint != "auto":
+        return cfg.performance_hint.upper()
+    return "THROUGHPUT" if len(cfg.cameras) > 1 else "LATENCY"
+
+
+def infer_requests(cfg: EdgeConfig, extractor: EdgeExtractor) -> int:
+    """Requests in flight: the configured count, else OpenVINO's optimum for the hint, at least 2 so
+    one frame is prepared while another runs, and no more than the cameras (one frame each)."""
+    if cfg.infer_requests is not None:
+        return cfg.infer_requests
+    return max(1, min(max(2, extractor.optimal_requests()), len(cfg.cameras)))
 
 
 def choose_precision(cfg: EdgeConfig, model_dir: Path, config: dict[str, Any] | None) -> Choice:
@@ -153,7 +172,7 @@ class EdgeNode:
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> dict[str, Any]:
         """Run until `stop`, `duration_s`, `max_frames`, or every source ended; then drain and return stats."""
         self._cpu0 = time.process_time()
-        queue = self.extractor.async_queue(self.cfg.infer_requests, self.scheduler.on_features)
+        queue = self.extractor.async_queue(infer_requests(self.cfg, self.extractor), self.scheduler.on_features)
         self.scheduler.start_captures()
         give_up = asyncio.Event()
         sender = asyncio.create_task(self.link.run(give_up))
@@ -188,6 +207,7 @@ class EdgeNode:
         """Let the frames in OpenVINO finish and get queued, then deliver the buffer, unless the
         cloud stays away for `drain_timeout_s`."""
         await asyncio.to_thread(queue.wait_all)
+        await asyncio.to_thread(self.scheduler.finish_encoding)
         for _ in range(100):
             if not self.scheduler.busy:
                 break

@@ -1,16 +1,21 @@
 """Which camera's frame runs next on the edge, and what becomes of it: extract, encode, queue.
 
-Round-robin over the cameras with at most one frame per camera in OpenVINO's async queue, always
-the camera's newest frame (its capture slot keeps no other). The OpenVINO callback thread encodes
-the features (one encoder per camera), adds a thumbnail every `snapshot_interval_s`, and hands
-the message to the event loop, which puts it in the outbox for the transport to send.
+Round-robin over the cameras with at most one frame per camera in flight (OpenVINO's async queue,
+then the encoder), always the camera's newest frame (its capture slot keeps no other). OpenVINO's
+callback only hands the features to a small encoder pool, so an infer request is free again as
+soon as its inference ends rather than after the encode; the pool encodes (one encoder per camera:
+one frame per camera in flight keeps each encoder's frames in order), adds a thumbnail every
+`snapshot_interval_s`, and hands the message to the event loop, which puts it in the outbox for the
+transport to send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,18 +59,25 @@ class FrameScheduler:
         cut = extractor.meta.get("cut")
         self.imgsz = extractor.imgsz
         self.cameras = {c.id: c for c in cfg.cameras}
-        self.captures = {c.id: Capture(c) for c in cfg.cameras}
+        threads = decode_threads(cfg)
+        self.captures = {c.id: Capture(c, decode_threads=threads) for c in cfg.cameras}
         self.encoders: dict[str, Encoder] = {c.id: make_encoder(cfg.codec, cut=cut) for c in cfg.cameras}
         self.anchors = ({c.id: X264Anchor(cfg.anchor_x264_crf, c.fps or 10.0) for c in cfg.cameras}
                         if cfg.anchor_x264_crf is not None else {})
         self.outbox, self.ledger, self.link = outbox, ledger, link
         self.max_frames = max_frames
-        self.busy: set[str] = set()  # cameras with a frame in the infer queue
+        self.busy: set[str] = set()  # cameras with a frame in the infer queue or the encoder pool
+        cores = os.cpu_count() or 1
+        self._encoding = ThreadPoolExecutor(max(1, min(len(cfg.cameras), cores)), thread_name_prefix="encode")
         self.taken = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def request_key_frame(self, camera: str) -> None:
         self.encoders[camera].request_key_frame()
+
+    def finish_encoding(self) -> None:
+        """Blocking: wait for the frames in the encoder pool (after OpenVINO's queue is empty)."""
+        self._encoding.shutdown(wait=True)
 
     def start_captures(self) -> None:
         for cap in self.captures.values():
@@ -130,28 +142,32 @@ class FrameScheduler:
 
     # -- the OpenVINO callback thread's side -----------------------------------------------------
     def on_features(self, outputs: dict[str, np.ndarray], job: Job) -> None:
+        """OpenVINO's callback: note the inference time and pass the features to the encoder pool."""
+        extract_ms = (time.perf_counter() - job.started) * 1000.0
+        self._encoding.submit(self._encode_and_queue, outputs, job, extract_ms)
+
+    def _encode_and_queue(self, outputs: dict[str, np.ndarray], job: Job, extract_ms: float) -> None:
         """Encode, build the message, hand it to the event loop (None when encoding failed)."""
         camera = job.frame.camera_id
         item = None
         try:
-            item = self._encode(outputs, job)
+            item = self._encode(outputs, job, extract_ms)
         except Exception as e:  # one bad frame costs one frame, never the node
             log.exception("camera %s: encoding frame %d failed", camera, job.frame.index)
             self.ledger.encode_failed(camera, e)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._queue_item, camera, item)
 
-    def _encode(self, outputs: dict[str, np.ndarray], job: Job) -> Item:
+    def _encode(self, outputs: dict[str, np.ndarray], job: Job, extract_ms: float) -> Item:
         frame, camera = job.frame, job.frame.camera_id
-        extract_ms = (time.perf_counter() - job.started) * 1000.0
         t0 = time.perf_counter()
         encoded = self.encoders[camera].encode_frame(outputs)
         encode_ms = (time.perf_counter() - t0) * 1000.0
         snapshot = self._snapshot(frame)
         if camera in self.anchors:
             self.anchors[camera].add(content(frame.image, self.imgsz))
-        timings = {"capture": frame.capture_ms, "preprocess": job.preprocess_ms, "extract": extract_ms,
-                   "encode": encode_ms}
+        timings = {"capture": frame.capture_ms, "decode": frame.decode_ms, "preprocess": job.preprocess_ms,
+                   "extract": extract_ms, "encode": encode_ms}
         seq = self.ledger.extracted(camera, timings)
         h, w = frame.image.shape[:2]
         msg = pb.FeatureFrame(camera_id=camera, seq=seq, capture_ts=frame.capture_ts, payload=encoded.payload,
@@ -169,3 +185,11 @@ class FrameScheduler:
                  if w > SNAPSHOT_WIDTH else frame.image)
         ok, jpg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
         return jpg.tobytes() if ok else b""
+
+
+def decode_threads(cfg: EdgeConfig) -> int | None:
+    """FFmpeg threads per camera: as configured; else one once the cameras fill the cores (each
+    decodes in its reader thread, in parallel), and FFmpeg's default for fewer cameras."""
+    if cfg.decode_threads is not None:
+        return cfg.decode_threads
+    return 1 if len(cfg.cameras) >= (os.cpu_count() or 1) else None
