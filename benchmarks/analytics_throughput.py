@@ -20,6 +20,8 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from report import emit, machine
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/fixtures/street_detections.json"
 LINE = {"name": "road", "a": (330, 60), "b": (330, 250)}
@@ -83,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         "service_wall_s": round(wall, 2),
         "crossings_per_camera": sorted(set(crossings.values())),
         "note": "service time includes the 0.2 s reorder wait for each camera's first frame",
+        "machine": {**machine(), "threads": "one process, one thread"},
     }
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    emit(out, args.json)
     return 0
 
 

@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import machine  # noqa: E402
 from split_infer.batching import traces as T  # noqa: E402
 from split_infer.batching.cost import CostModel  # noqa: E402
 from split_infer.batching.policy import make_policy  # noqa: E402
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key:18} {'' if feasible else '(objective infeasible) '}frames={len(trace):6}"
                   f"  adaptive {t['adaptive']:.4f}  best other {t['best_other'][0]} {t['best_other'][1]:.4f}"
                   f"  best fixed {t['best_fixed'][0]} {t['best_fixed'][1]:.4f}", file=sys.stderr)
+    out["machine"] = machine()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     if args.markdown:

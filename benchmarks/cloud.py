@@ -11,7 +11,6 @@ and its throughput draining the queue; Redis memory per queued frame.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from report import emit, machine  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -147,10 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                         for b in policy.cost.sizes},
                    "frames": w.processed, "batches": batches, "seconds": round(worker_s, 3),
                    "fps": round(w.processed / worker_s, 2), "policy": policy.name},
-        "machine": f"{os.cpu_count()} CPUs (shared)",
+        "machine": {**machine(), "threads": "the runtime's default (every core)"},
     }
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    emit(result, Path(args.json))
     return 0
 
 

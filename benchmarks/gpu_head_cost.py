@@ -23,6 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from report import machine  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +68,7 @@ def main() -> int:
     out = {"device": f"cuda: {torch.cuda.get_device_name(0)}", "batch_ms": batch_ms, "measured": True,
            "source": f"real head: split_infer {args.model} cut {args.cut}, {w}x{h}, fp32, torch {torch.__version__}",
            "statistic": "median", "warmup": args.warmup, "repeats": args.repeats, "spread_ms": spread,
-           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": machine()}
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))
     return 0

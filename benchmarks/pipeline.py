@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -33,10 +32,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import emit  # noqa: E402
+from report import emit, machine  # noqa: E402
 from split_infer.apps.detect import SplitDetector  # noqa: E402
 from split_infer.apps.processes import Children, StartError, free_port, start_redis, wait_log  # noqa: E402
 from split_infer.certs import make_dev_certs  # noqa: E402
+from split_infer.edge.precision import Choice, sample_frames, select_precision  # noqa: E402
 from split_infer.keys import Keys  # noqa: E402
 from split_infer.model.export import ensure_edge_ir  # noqa: E402
 from split_infer.model.preprocess import parse_imgsz  # noqa: E402
@@ -80,10 +80,22 @@ class Setup:
     workers: int = 1
     edge_threads: int | None = None  # None: the runtime's default (every core)
     head_threads: int | None = None
+    # The edge's precision, chosen once by the edge's own measurement and used by both sides, so
+    # the ratio compares the pipeline with the in-process split and not one precision with another.
+    edge_precision: Choice | None = None
+
+
+def edge_precision(ir: Path, video: Path, threads: int | None) -> Choice:
+    """What the edge node would pick on this machine (split_infer/edge/precision.py, cached)."""
+    props: dict = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    return select_precision(ir, "AUTO", "auto", frames=lambda: sample_frames(ir, [str(video)])[0], props=props,
+                            threads=threads)
 
 
 def baseline(setup: Setup) -> dict:
-    det = SplitDetector("yolov5s", 4, setup.imgsz, codec=setup.codec, head_runtime=setup.head_runtime)
+    choice = setup.edge_precision
+    det = SplitDetector("yolov5s", 4, setup.imgsz, codec=setup.codec, head_runtime=setup.head_runtime,
+                        model_dir=choice.model_dir if choice else None, edge_precision=choice.hint if choice else None)
     cap = cv2.VideoCapture(str(setup.video))  # warm-up outside the clock
     ok, frame = cap.read()
     det(frame)
@@ -112,7 +124,8 @@ def write_configs(setup: Setup, redis_url: str, port: int, workdir: Path) -> lis
              "head_runtime": setup.head_runtime, "latency_slo_ms": 600000,
              "worker": {"overload": "late", "head_threads": setup.head_threads}}
     edge = {"cloud": f"127.0.0.1:{port}", "model": model, "codec": setup.codec, "cameras": cams,
-            "buffer_frames": 64, "threads": setup.edge_threads}
+            "buffer_frames": 64, "threads": setup.edge_threads,
+            "precision": setup.edge_precision.precision if setup.edge_precision else "auto"}
     # Measured as deployed: gRPC over mutual TLS with development certificates.
     certs = make_dev_certs(workdir / "certs", ["edge-0"])
     cloud["tls"] = {"cert": str(certs.server_cert), "key": str(certs.server_key), "client_ca": str(certs.ca)}
@@ -248,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     imgsz = parse_imgsz(args.imgsz)
+    ir = ensure_edge_ir("yolov5s", 4, imgsz)
+    edge_threads = args.edge_threads or None
+    choice = edge_precision(ir, args.video, edge_threads)
     setup = Setup(args.video, args.frames, args.cameras, imgsz, args.codec, args.head_runtime, args.workers,
-                  args.edge_threads or None, args.head_threads or None)
-    ensure_edge_ir("yolov5s", 4, imgsz)
+                  edge_threads, args.head_threads or None, choice)
 
     def run_baseline() -> dict | None:
         return None if args.skip_baseline else baseline(setup)
@@ -277,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "pipeline", "cameras": args.cameras, "frames_per_camera": args.frames, "imgsz": list(imgsz),
         "codec": args.codec, "head_runtime": args.head_runtime, "workers": args.workers,
         "edge_threads": args.edge_threads, "head_threads": args.head_threads, "video": args.video.name,
+        "edge_precision": {"used": choice.precision, "source": choice.source, "figures": choice.summary()},
+        "head_precision": "OpenVINO's default for the device (both sides)",
         "pipeline_fps": pipe["fps"], "baseline_fps": base["fps"] if base else None,
         "ratio": round(pipe["fps"] / base["fps"], 3) if base else None,
         # CPU time per frame, all processes together vs the baseline's: robust to a busy machine,
@@ -286,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_ratio": round(base_cpu_ms / pipe_cpu_ms, 3) if base_cpu_ms is not None else None,
         "stages": pipe["stages"], "bytes_per_frame": pipe["bytes_per_frame"],
         "bytes_per_camera_second": pipe["bytes_per_camera_second"], "pipeline": pipe, "baseline": base,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {**machine(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
     emit(out, args.json)
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from report import emit, machine
 from split_infer.keys import Keys
 from split_infer.records import DetectedObject, DetectionResult
 
@@ -72,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         per = measure(r, key, cycle, args.records)
         out["cases"][name] = {"bytes_per_record": round(per, 1),
                               "mib_per_camera_day": round(per * args.fps * DAY_S / 2**20, 1)}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    out["machine"] = machine()
+    emit(out, args.json)
     return 0
 
 

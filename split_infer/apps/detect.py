@@ -35,11 +35,12 @@ class SplitDetector:
     def __init__(self, model: str = "yolov5s", cut: int = 4, imgsz: tuple[int, int] = (640, 384),
                  device: str = "AUTO", codec: str | None = DEFAULT_CODEC, head_runtime: str = "auto",
                  conf: float = 0.25, iou: float = 0.45, model_dir: str | Path | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, edge_precision: str | None = None):
+        """`precision`: both parts' OpenVINO hint; `edge_precision` overrides it for the extractor."""
         from split_infer.cloud.head import Head  # torch: the head runs in the cloud runtime
 
         model_dir = Path(model_dir) if model_dir else ensure_edge_ir(model, cut, imgsz)
-        self.extractor = EdgeExtractor(model_dir, device, precision=precision)
+        self.extractor = EdgeExtractor(model_dir, device, precision=edge_precision or precision)
         self.head = Head(model, cut, imgsz, runtime=head_runtime, conf=conf, iou=iou, precision=precision)
         self.codec = codec
         self._codec = (make_encoder(codec), make_decoder()) if codec else None  # None: raw float32
