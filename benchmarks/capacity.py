@@ -20,6 +20,8 @@ re-encodes stateful frames to) and with a compact one (an intra-only video frame
 with the detection agreement of each against the head on the uncompressed features.
 The GPU is NOT measured here: its figures come from the recorded curve benchmarks/cost_gpu.json
 (benchmarks/gpu_head_cost.py on an H200) plus the host CPU measured here.
+The breaking points "as shipped" use the sizes of deploy/k8s/base read from its rendered manifests
+(benchmarks/shipped.py): replicas, CPU limits, Redis maxmemory, retention and max_queue.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import redis  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import shipped  # noqa: E402  (benchmarks/: the sizes deploy/k8s/base ships)
 import stream_memory  # noqa: E402  (benchmarks/: bytes per detection record)
 from analytics_throughput import FIXTURE, LINE, ZONE  # noqa: E402
 from capacity_model import (  # noqa: E402
@@ -73,10 +76,6 @@ CPU_CURVE = ROOT / "benchmarks" / "cost_cpu.json"
 IMGSZ = (640, 384)  # the model's default (ModelConfig.imgsz)
 REFERENCE_FPS = 120.0  # the reference design's GPU worker "at peak"
 SIMULATED_CAMERAS = (8, 64, 256)
-# deploy/k8s/base: 2 ingest replicas (one core each: GIL), the worker HPA's 20 x 2 CPU, 2 analytics
-# x 1 CPU, one Redis with maxmemory 1gb
-SHIPPED = {"ingest_cores": 2 * 1.0, "worker_cores": 20 * 2.0, "analytics_cores": 2 * 1.0,
-           "shard_maxmemory_gib": 1.0}
 
 
 # -- small helpers ----------------------------------------------------------------------------------
@@ -505,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.video.exists():
         print(f"benchmark video missing: {args.video}", file=sys.stderr)
         return 1
+    base = shipped.read()  # first: a base that does not render fails before the measurements
     t_start = time.perf_counter()
     snapshot_every = max(1, round(2.0 * args.fps))  # EdgeConfig snapshot_interval_s 2 s
 
@@ -560,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     gpu_file = json.loads(GPU_CURVE.read_text())
     curve = {int(b): float(ms) for b, ms in gpu_file["batch_ms"].items()}
     fleet = Fleet(cameras=args.fleet_cameras, fps=args.fps)
+    # As shipped: the base's retention, and every camera's queue full (max_queue frames: workers
+    # stopped or behind), the worst case Redis must hold without refusing the workers' writes.
+    base_units = base.units(fleet.ingest_cores_per_replica)
+    base_fleet = replace(fleet, retention_s=base.retention_detections_s, queue_delay_s=base.max_queue / args.fps)
     head1 = heads["1"]["network_ms_per_frame"]["mean"]
     api1 = api["1"]
     api_per_client = max(0.0, (api["8"]["cpu_ms_per_frame"] - api1["cpu_ms_per_frame"]) / 7)
@@ -586,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_bytes_vs_wire": round(pf.queued_bytes / per_form[form]["wire_payload_bytes"], 1),
                 "bill_of_materials": bill_of_materials(fleet, pf, curve),
                 "cameras_per_unit": breaking_points(fleet, pf, {}),
-                "breaks_first_shipped_manifests": breaking_points(fleet, pf, SHIPPED),
+                "breaks_first_shipped_manifests": breaking_points(base_fleet, pf, base_units),
                 "gpu_worker_one_process": {
                     "source": "model: recorded GPU curve + host CPU measured here, NOT measured end to end",
                     "fps_by_batch": {str(b): round(gpu_worker_fps(curve, b, pf.worker_host_ms_gpu), 1)
@@ -608,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
                 "note": "No GPU in this session: the head's GPU cost is the recorded curve (gpu_head_cost.py on an "
                         "H200); batches above its largest size are extrapolated along its last slope; the "
                         "host's per-frame CPU (decode, NMS, Redis) is measured here on the CPU."},
-        "fleet": asdict(fleet), "shipped_manifest_units": SHIPPED,
+        "fleet": asdict(fleet),
+        "shipped_manifests": {"source": "kubectl kustomize deploy/k8s/base", **asdict(base),
+                              "units": base_units, "retention_s": base_fleet.retention_s,
+                              "queue": f"full: max_queue frames per camera ({base_fleet.queue_delay_s:g} s at fps)"},
         "models": models,
         "seconds": round(time.perf_counter() - t_start, 1),
         "machine": machine(),

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import copy
+import json
+import re
+from datetime import timedelta
 
+import pytest
+import yaml
+
+import shipped as base_manifests
 from capacity_model import (
     GIB,
     Fleet,
@@ -17,6 +24,8 @@ from capacity_model import (
     gpu_worker_fps,
     gpu_worker_served,
 )
+from split_infer.retention import parse_duration
+from support.data import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -79,3 +88,101 @@ def test_breaking_points_put_the_scarcest_resource_first() -> None:
     assert shipped["worker (CPU head)"] == 40.0
     # one camera: 36 MB of records + 0.2 MB of queue, x 1.5 -> 54.3 MB; 1 GiB holds 19.8 cameras
     assert shipped["redis shard: memory"] == pytest.approx(GIB / (1.5 * (36e6 + 2e5)), abs=0.1)
+
+
+# -- the sizes deploy/k8s/base ships (benchmarks/shipped.py) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict]:
+    return base_manifests.render()  # kubectl missing: ToolMissing, a failure, not a skip
+
+
+def _raw(kind: str, name: str) -> dict:
+    """An object as written in deploy/k8s/base/*.yaml, read without kustomize."""
+    docs = [d for f in sorted(base_manifests.BASE.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def _limit_cpu(obj: dict) -> str:
+    return obj["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+
+
+def test_shipped_sizes_are_the_manifests(rendered) -> None:
+    got = base_manifests.read(rendered)
+    cloud = yaml.safe_load((base_manifests.BASE / "config" / "cloud.yaml").read_text())
+    redis_text = (base_manifests.BASE / "redis.yaml").read_text()
+    maxmemory = re.search(r"--maxmemory (\d+)gb\b", redis_text)
+    assert maxmemory, "redis.yaml states maxmemory in gb"
+    assert got.ingest_replicas == _raw("Deployment", "ingest")["spec"]["replicas"]
+    assert got.worker_max_replicas == _raw("HorizontalPodAutoscaler", "worker")["spec"]["maxReplicas"]
+    assert got.analytics_replicas == _raw("Deployment", "analytics")["spec"]["replicas"]
+    for role, limit in (("ingest", got.ingest_cpu_limit), ("worker", got.worker_cpu_limit),
+                        ("analytics", got.analytics_cpu_limit)):
+        text = str(_limit_cpu(_raw("Deployment", role)))
+        assert limit == (float(text[:-1]) / 1000 if text.endswith("m") else float(text)), role
+    assert got.redis_maxmemory_bytes == int(maxmemory.group(1)) * 2**30
+    assert got.max_queue == cloud["max_queue"] and got.latency_slo_ms == cloud["latency_slo_ms"]
+    assert timedelta(seconds=got.retention_detections_s) == parse_duration(cloud["retention"]["detections"])
+    units = got.units(ingest_cores_per_replica=1.0)  # the GIL: one core per ingest replica, whatever its limit
+    assert units == {"ingest_cores": got.ingest_replicas * min(1.0, got.ingest_cpu_limit),
+                     "worker_cores": got.worker_max_replicas * got.worker_cpu_limit,
+                     "analytics_cores": got.analytics_replicas * got.analytics_cpu_limit,
+                     "shard_maxmemory_gib": int(maxmemory.group(1))}
+
+
+def _cloud_map(objs: list[dict]) -> dict:
+    return next(o for o in objs if o["kind"] == "ConfigMap" and "cloud.yaml" in o.get("data", {}))
+
+
+def _drop_retention(objs: list[dict]) -> None:
+    cm = _cloud_map(objs)
+    cloud = yaml.safe_load(cm["data"]["cloud.yaml"])
+    del cloud["retention"]
+    cm["data"]["cloud.yaml"] = yaml.safe_dump(cloud)
+
+
+def _drop_maxmemory(objs: list[dict]) -> None:
+    redis = next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "redis")
+    c = redis["spec"]["template"]["spec"]["containers"][0]
+    c["args"] = [re.sub(r"--maxmemory \S+ ", "", a) for a in c["args"]]
+
+
+def _drop_hpa_max(objs: list[dict]) -> None:
+    next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")["spec"].pop("maxReplicas")
+
+
+def _drop_cpu_limit(objs: list[dict]) -> None:
+    worker = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "worker")
+    worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].pop("cpu")
+
+
+@pytest.mark.parametrize(("drop", "named"), [
+    (_drop_retention, "retention"), (_drop_maxmemory, "--maxmemory"), (_drop_hpa_max, "maxReplicas"),
+    (_drop_cpu_limit, "limits.cpu")])
+def test_a_missing_shipped_size_fails_loudly(rendered, drop, named) -> None:
+    objs = copy.deepcopy(rendered)
+    drop(objs)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        base_manifests.read(objs)
+
+
+def test_redis_memory_units_are_redis_conf_s() -> None:
+    assert base_manifests.redis_bytes("7gb") == 7 * 2**30 and base_manifests.redis_bytes("1g") == 10**9
+    assert base_manifests.redis_bytes("512MB") == 512 * 2**20 and base_manifests.redis_bytes("100") == 100
+    with pytest.raises(ValueError):
+        base_manifests.redis_bytes("1.5gb")
+
+
+def test_shipped_redis_holds_what_the_shipped_workers_carry(rendered) -> None:
+    """The base is coherent on the recorded figures: its Redis (retention, a full queue per camera,
+    x1.5) does not break before the workers at the HPA's maximum (docs/scaling.md)."""
+    result = json.loads((ROOT / "benchmarks/results/capacity.json").read_text())
+    model = next(iter(result["models"].values()))  # the default codec, today's queue form
+    pf = PerFrame(**model["per_frame"])
+    base = base_manifests.read(rendered)
+    fleet = Fleet(fps=10.0, retention_s=base.retention_detections_s, queue_delay_s=base.max_queue / 10.0)
+    rows = {r["resource"]: r["cameras"] for r in breaking_points(fleet, pf, base.units(1.0))}
+    assert rows["redis shard: memory"] >= rows["worker (CPU head)"], rows
