@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                     "clips": [c.name for c in clips], "model_input": f"{IMGSZ[0]}x{IMGSZ[1]}",
                     "codec": DEFAULT_CODEC, "precision_setting": args.precision,
                     "threads": args.threads or f"default (all {os.cpu_count()} cores)", "hint": args.hint,
-                    "decode_threads": args.decode_threads or "default (1 per camera once cameras >= cores)",
+                    "decode_threads": args.decode_threads or "default (1 per camera)",
                     "warmup_s": args.warmup, "duration_s": args.duration},
           **result}, args.json)
     return 0

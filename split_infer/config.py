@@ -143,8 +143,9 @@ class EdgeConfig(Strict):
     performance_hint: Literal["auto", "latency", "throughput"] = "auto"
     infer_requests: int | None = Field(default=None, ge=1)  # in flight across cameras; None: OpenVINO's optimum
     threads: int | None = Field(default=None, ge=1)  # OpenVINO CPU threads for the edge; None: all cores
-    # FFmpeg decode threads per camera; None = 1 when the node has at least as many cameras as cores.
-    decode_threads: int | None = Field(default=None, ge=1)
+    # FFmpeg decode threads per camera: 1 decodes in the camera's reader thread (no frame held back
+    # by frame threading, the decode's CPU measurable); raise it for one camera too heavy for a core.
+    decode_threads: int = Field(default=1, ge=1)
     # OpenVINO inference precision; auto: the fastest within tolerance, measured once per device and
     # model at start-up and cached (split_infer/edge/precision.py).
     precision: Literal["auto", "f32", "bf16", "int8"] = "auto"

@@ -1,14 +1,11 @@
-"""How the edge spreads its work: OpenVINO's hint and requests, and the decoder's threads, by camera count."""
+"""How the edge spreads its work: OpenVINO's hint and requests by camera count, and the decoder's threads."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from split_infer.config import EdgeConfig
 from split_infer.edge.node import infer_requests, performance_hint
-from split_infer.edge.scheduler import decode_threads
 
 pytestmark = pytest.mark.unit
 
@@ -38,12 +35,8 @@ def test_requests_follow_openvino_but_never_exceed_one_per_camera():
     assert infer_requests(_cfg(3, infer_requests=6), _Compiled(1)) == 6  # explicit
 
 
-def test_decode_threads_drop_to_one_once_cameras_fill_the_cores():
-    cores = os.cpu_count() or 1
-    assert decode_threads(_cfg(cores)) == 1
-    assert decode_threads(_cfg(cores + 3)) == 1
-    if cores > 1:
-        assert decode_threads(_cfg(1)) is None  # FFmpeg's own threads for a lone camera
-    assert decode_threads(_cfg(1, decode_threads=3)) == 3
+def test_each_camera_decodes_on_one_thread_unless_told_otherwise():
+    assert _cfg(1).decode_threads == 1
+    assert _cfg(1, decode_threads=3).decode_threads == 3
     with pytest.raises(ValueError):
         _cfg(1, decode_threads=0)

@@ -59,8 +59,7 @@ class FrameScheduler:
         cut = extractor.meta.get("cut")
         self.imgsz = extractor.imgsz
         self.cameras = {c.id: c for c in cfg.cameras}
-        threads = decode_threads(cfg)
-        self.captures = {c.id: Capture(c, decode_threads=threads) for c in cfg.cameras}
+        self.captures = {c.id: Capture(c, decode_threads=cfg.decode_threads) for c in cfg.cameras}
         self.encoders: dict[str, Encoder] = {c.id: make_encoder(cfg.codec, cut=cut) for c in cfg.cameras}
         self.anchors = ({c.id: X264Anchor(cfg.anchor_x264_crf, c.fps or 10.0) for c in cfg.cameras}
                         if cfg.anchor_x264_crf is not None else {})
@@ -185,11 +184,3 @@ class FrameScheduler:
                  if w > SNAPSHOT_WIDTH else frame.image)
         ok, jpg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, SNAPSHOT_QUALITY])
         return jpg.tobytes() if ok else b""
-
-
-def decode_threads(cfg: EdgeConfig) -> int | None:
-    """FFmpeg threads per camera: as configured; else one once the cameras fill the cores (each
-    decodes in its reader thread, in parallel), and FFmpeg's default for fewer cameras."""
-    if cfg.decode_threads is not None:
-        return cfg.decode_threads
-    return 1 if len(cfg.cameras) >= (os.cpu_count() or 1) else None
