@@ -117,11 +117,13 @@ def write_configs(workdir: Path, urls: list[str], redis_url: str, port: int, met
     cloud = {"redis_url": redis_url, "listen": f"127.0.0.1:{port}", "model": model,
              "tls": {"cert": str(certs.server_cert), "key": str(certs.server_key), "client_ca": str(certs.ca)}}
     edge = {"cloud": f"127.0.0.1:{port}", "model": model, "precision": args.precision, "threads": args.threads,
-            "performance_hint": args.hint, "decode_threads": args.decode_threads, "metrics_port": metrics_port,
+            "performance_hint": args.hint, "metrics_port": metrics_port,
             "cameras": [{"id": f"cam{i}", "url": u} for i, u in enumerate(urls)],
             "tls": {"ca": str(certs.ca), "cert": str(certs.client_cert("edge-0")),
                     "key": str(certs.client_key("edge-0"))}}
     (workdir / "cloud.yaml").write_text(yaml.safe_dump(cloud))
+    if args.decode_threads is not None:  # else the edge's default
+        edge["decode_threads"] = args.decode_threads
     (workdir / "edge.yaml").write_text(yaml.safe_dump(edge))
 
 
