@@ -147,6 +147,20 @@ def test_every_operation_id_is_hand_named_and_unique():
 # -- pagination ----------------------------------------------------------------------------------
 
 
+def test_latest_is_the_newest_frame_even_when_workers_wrote_out_of_order(r, keys):
+    # Two workers on one camera: frame 11 was written before frame 10, then a malformed entry.
+    for seq in (9, 11, 10):
+        r.xadd(keys.detections_stream(CAM), detection(CAM, seq))
+    r.xadd(keys.detections_stream(CAM), {"camera": CAM, "seq": "not a number"})
+    r.sadd(keys.cameras, CAM)
+
+    async def body(c: httpx.AsyncClient) -> None:
+        latest = (await c.get(f"/api/v1/cameras/{CAM}/detections/latest")).json()
+        assert latest["seq"] == 11
+
+    run(keys, body)
+
+
 def test_detections_are_walked_in_pages_each_record_exactly_once(r, keys):
     n = 257
     pipe = r.pipeline(transaction=False)

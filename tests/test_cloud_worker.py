@@ -102,6 +102,19 @@ def test_each_frame_gives_exactly_one_record_even_when_redelivered(r, keys):
     assert r.xpending(keys.frames_stream("cam-a"), keys.FRAMES_GROUP)["pending"] == 0
 
 
+def test_a_camera_that_appears_is_read_at_once_not_at_the_next_full_refresh(r, keys):
+    # A full refresh only every 60 s: the worker must still see a new camera within a step or two,
+    # or a tight latency objective sheds that camera's first frames.
+    w = Worker(cfg(streams_refresh_s=60.0), r, fake_head, name="w1", keys=keys)
+    w.step()  # the first, full refresh: no camera yet
+    assert w.frames.cameras == {}
+    enqueue(r, keys, "cam-new", range(3))
+    t0 = time.monotonic()
+    run_until(w, lambda: settled(r, keys, ["cam-new"]), timeout=5.0)
+    assert time.monotonic() - t0 < 2.0
+    assert [int(x["seq"]) for x in records(r, keys, "cam-new")] == [0, 1, 2]
+
+
 def test_live_subscribers_get_each_record(r, keys):
     sub = r.pubsub()
     sub.subscribe(keys.live_detections)

@@ -142,13 +142,13 @@ class Store:
 
     async def latest_detections(self, camera: str) -> DetectionRecord:
         await self.require_camera(camera)
-        # A few entries back in case the newest one is malformed.
+        # The newest frame among the last few records, not the last one written: workers running
+        # a camera's frames in parallel may write them out of order (and a record may be malformed).
         entries: Any = await self.r.xrevrange(self.keys.detections_stream(camera), count=10)
-        for entry_id, f in entries:
-            rec = detection_record(camera, entry_id, f)
-            if rec is not None:
-                return rec
-        raise NotFound(f"camera {camera!r} has no detection records yet")
+        records = [rec for entry_id, f in entries if (rec := detection_record(camera, entry_id, f)) is not None]
+        if not records:
+            raise NotFound(f"camera {camera!r} has no detection records yet")
+        return max(records, key=lambda rec: rec.capture_ts)
 
     async def detection_history(self, camera: str, start: float, end: float, limit: int,
                                 after: StreamId | None = None) -> Page[DetectionRecord]:

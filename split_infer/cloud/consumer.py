@@ -85,7 +85,10 @@ class FrameStreams:
     def refresh(self, force: bool = False) -> None:
         """Follow the set of cameras; the group of a new camera's stream is created if need be."""
         now = time.monotonic()
-        if not force and now < self._next_refresh:
+        # Between full refreshes, one O(1) SCARD per step: a camera that appeared since is read at
+        # once, not up to streams_refresh_s later, when a tight latency objective would have shed
+        # its first frames (the demo lost its first two per camera that way).
+        if not force and now < self._next_refresh and self.r.scard(self.keys.cameras) == len(self.cameras):
             return
         self._next_refresh = now + self.s.streams_refresh_s
         cams = sorted(_text(c) for c in self.r.smembers(self.keys.cameras))
