@@ -42,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import emit, machine  # noqa: E402
+from report import cpu_seconds, emit, machine  # noqa: E402
 from split_infer.apps.processes import Children, StartError, free_port, start_redis, wait_log  # noqa: E402
 from split_infer.apps.samples import fetch_sample  # noqa: E402
 from split_infer.certs import make_dev_certs  # noqa: E402
@@ -158,11 +158,6 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
             return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-12)
         prev_le, prev_n = le, n
     return prev_le
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def figures(a: dict, b: dict, cameras: list[str], seconds: float, fps: float, edge_cpu_s: float) -> dict:

@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import emit, machine  # noqa: E402
+from report import cpu_seconds, emit, machine  # noqa: E402
 from split_infer.apps.detect import SplitDetector  # noqa: E402
 from split_infer.apps.processes import Children, StartError, free_port, start_redis, wait_log  # noqa: E402
 from split_infer.certs import make_dev_certs  # noqa: E402
@@ -58,15 +58,6 @@ def pct(xs: list[float], q: float) -> float | None:
 
 def summary(xs: list[float]) -> dict:
     return {"p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99), "mean_ms": round(statistics.fmean(xs), 3) if xs else None}
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (a zombie keeps its figures until it is reaped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 @dataclass(frozen=True)

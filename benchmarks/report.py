@@ -18,6 +18,12 @@ def emit(result: dict, path: Path | None) -> None:
         path.write_text(text + "\n")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (a zombie keeps its figures until it is reaped)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict:
     """CPU model and the flags that decide bf16/INT8 speed (the edge's own reading), cores, platform."""
     cpu = cpu_info()

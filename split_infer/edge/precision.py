@@ -36,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from split_infer.model.macs import read_cpuinfo
 from split_infer.model.preprocess import letterbox
 from split_infer.model.weights import cache_dir
 
@@ -87,16 +88,14 @@ class Choice:
 
 def cpu_info() -> dict[str, Any]:
     """CPU model and the flags that decide bf16/int8 speed (Linux /proc/cpuinfo; empty elsewhere)."""
-    model, flags = platform.processor(), set()
+    model, flags = platform.processor(), frozenset[str]()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+        cpu = read_cpuinfo()
     except OSError:
         pass
+    else:
+        model = cpu.model_name if cpu.model_name != "unknown" else model
+        flags = cpu.flags
     wanted = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
     return {"model": model, "flags": sorted(f for f in wanted if f in flags)}
 
