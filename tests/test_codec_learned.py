@@ -10,9 +10,9 @@ import torch
 
 from split_infer.codec import CodecError, bottleneck, make_decoder, make_encoder
 from split_infer.codec.bottleneck import conv
-from split_infer.codec.cli import main
+from split_infer.codec.cli import TRAIN_PRECISIONS, main
 from split_infer.codec.learned import LearnedModel
-from split_infer.codec.train import TorchBottleneck, save
+from split_infer.codec.train import Precision, TorchBottleneck, autocast_dtype, draw_frames, save
 from split_infer.codec.wire import unpack
 from support.data import street_video
 
@@ -137,7 +137,8 @@ def test_cli_trains_and_fine_tunes_on_real_footage(tmp_path: Path, capsys) -> No
     video = street_video()
     base, tuned = tmp_path / "base.npz", tmp_path / "cam.npz"
     assert main(["train", "--footage", f"{video}@0:8/4", "--steps", "2", "--batch", "2", "--threads", "1",
-                 "--out", str(base)]) == 0
+                 "--precision", "bf16", "--out", str(base)]) == 0
+    assert LearnedModel.load(base).meta["precision"] == "bf16"
     assert main(["train", "--footage", f"{video}@8:12/4", "--init", str(base), "--steps", "1", "--batch", "2",
                  "--threads", "1", "--out", str(tuned)]) == 0
     m = LearnedModel.load(tuned)
@@ -177,3 +178,25 @@ def test_video_codec_carries_a_learned_latent_at_its_trained_step(model_file: Pa
         np.testing.assert_allclose(dec.decode(p)["x4"], want, rtol=1e-4, atol=1e-4)
     with pytest.raises(CodecError, match="not found"):
         make_decoder().decode(make_encoder(f"video:{model_file}").encode({"x4": feats()}))
+
+
+def test_each_footage_entry_weighs_the_same_in_a_batch() -> None:
+    """A 10-frame clip beside a 990-frame one still fills about half of the batches' rows."""
+    spans = [{"rows": [0, 990]}, {"rows": [990, 1000]}]
+    rows = draw_frames(np.random.default_rng(0), spans, 4000)
+    assert rows.min() >= 0 and rows.max() < 1000
+    share = float(np.mean(rows >= 990))
+    assert 0.45 < share < 0.55, share
+    assert len(set(rows[rows >= 990].tolist())) == 10  # every frame of the short clip is drawn
+
+
+def test_training_precision_choices() -> None:
+    """The CLI's torch-free list is train.Precision; fp32 means no autocast, auto follows AMX."""
+    from typing import get_args
+
+    from split_infer.model.macs import read_cpuinfo
+
+    assert TRAIN_PRECISIONS == get_args(Precision)
+    assert autocast_dtype("fp32") is None and autocast_dtype("bf16") is torch.bfloat16
+    has_amx = "amx_bf16" in read_cpuinfo().flags
+    assert autocast_dtype("auto") is (torch.bfloat16 if has_amx else None)

@@ -17,6 +17,9 @@ from split_infer.codec.learned import LearnedModel
 from split_infer.model.preprocess import parse_imgsz
 from split_infer.service import HelpFormatter
 
+# train.Precision's values, spelled here so that `--help` needs no torch (tests/test_codec_train.py checks they agree)
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
 
 class _Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown (the project's formatter), the module's examples kept as written."""
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch", type=int, default=4, help="whole frames per step")
     _model_flags(t)
     t.add_argument("--threads", type=int, default=1, help="torch threads")
+    t.add_argument("--precision", choices=TRAIN_PRECISIONS, default="auto",
+                   help="forward passes in bf16 autocast (auto: where the CPU has AMX) or fp32")
     t.add_argument("--seed", type=int, default=0, help="random seed of the initialisation and the batches")
     c = sub.add_parser("calibrate", help="fit the video codec's channel reduction to a camera's footage (seconds)",
                        formatter_class=_Formatter)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
           batch=args.batch, lr=args.lr or (5e-4 if args.init else 2e-3), rate_weight=args.rate_weight,
           init=args.init, model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz),
           threads=args.threads, seed=args.seed, minutes=args.minutes,
-          steps=args.steps)
+          steps=args.steps, precision=args.precision)
     return 0
 
 

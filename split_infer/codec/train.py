@@ -15,6 +15,10 @@ decoder learns to live with the inner codec's error at higher CRFs.
 The teacher's features are computed once per frame and kept (float16), so a step costs one
 student pass and one backward pass through the head: about 0.2 s per 640x384 frame on one core.
 Training stops at a wall-clock budget; the learning rate follows a cosine over that budget.
+Each step draws its frames camera by camera (a footage entry uniformly, then a frame of it), so a
+short clip of a second camera weighs as much as a long one. On CPUs with AMX the forward passes
+run under bfloat16 autocast (about 2x faster per step on a Sapphire Rapids core); the weights, the
+rounding and the losses stay float32.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -43,6 +47,17 @@ from split_infer.model.preprocess import letterbox
 
 Log = Callable[[str], object]
 FORMAT = "split-infer learned codec v2"
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def autocast_dtype(precision: Precision) -> torch.dtype | None:
+    """bfloat16 for `bf16`, and for `auto` where the CPU has AMX (bf16 without AMX is emulated
+    and slower than float32); None means float32."""
+    if precision == "auto":
+        from split_infer.model.macs import read_cpuinfo
+
+        precision = "bf16" if "amx_bf16" in read_cpuinfo().flags else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def collect_features(video: str, frames: tuple[int, int | None], every: int, model_name: str, cut: int,
@@ -189,15 +204,25 @@ def _teacher_set(footage: Sequence[Footage], model_name: str, cut: int, imgsz: t
         spans.append({"video": Path(f.video).name, "sha256": digest, "frames": list(span), "every": f.every})
     assert head is not None
     levels = [np.concatenate([p[k] for p in pyr]) for k in range(len(pyr[0]))]
+    ends = np.cumsum([len(x) for x in xs])
+    for entry, a, b in zip(spans, [0, *ends[:-1]], ends, strict=True):
+        entry["rows"] = [int(a), int(b)]  # its frames' rows in the stacked arrays
     return np.concatenate(xs), levels, tensor, head, spans
+
+
+def draw_frames(rng: np.random.Generator, spans: Sequence[dict[str, Any]], batch: int) -> np.ndarray:
+    """Rows of one batch: for each, a footage entry uniformly, then one of its frames."""
+    rows = [spans[i]["rows"] for i in rng.integers(0, len(spans), batch)]
+    return np.array([rng.integers(a, b) for a, b in rows])
 
 
 def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int = 96, dec_hidden: int = 128,
           res_blocks: int = 1, batch: int = 4, lr: float = 2e-3, rate_weight: float = 0.004,
           coarse_share: float = 0.5, init: str | None = None, model_name: str = "yolov5s", cut: int = 4,
           imgsz: tuple[int, int] = (640, 384), threads: int = 1, seed: int = 0, minutes: float = 60.0,
-          steps: int | None = None, log: Log = print) -> dict[str, Any]:
+          steps: int | None = None, precision: Precision = "auto", log: Log = print) -> dict[str, Any]:
     """Train for `minutes` of wall clock (teacher features included), or exactly `steps` steps."""
+    dtype = autocast_dtype(precision)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -236,17 +261,20 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
     while (done := progress()) < 1.0:
         for g in opt.param_groups:  # a short warm-up, then a cosine over the run
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * done))
-        idx = rng.integers(0, len(x4), batch)
+        idx = draw_frames(rng, spans, batch)
         x = torch.from_numpy(x4[idx].astype(np.float32))
-        y = net.encode(x)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            y = net.encode(x).float()
         # As the video codec will: integer codes, and on part of the batch a coarser step.
         step_size = torch.from_numpy(np.where(rng.random(batch) < coarse_share,
                                               rng.choice([2.0, 3.0, 4.0], batch), 1.0).astype(np.float32))
         step_size = step_size.view(-1, 1, 1, 1)
         y_hat = y + (torch.round(y / step_size) * step_size - y).detach()
         bits = net.bits(y + torch.empty_like(y).uniform_(-0.5, 0.5)).mean()
-        x_hat = net.decode(y_hat)
-        s_out, pyramid = head(x_hat)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            x_hat = net.decode(y_hat)
+            s_out, pyramid = head(x_hat)
+        x_hat, s_out, pyramid = x_hat.float(), s_out.float(), [p.float() for p in pyramid]
         with torch.no_grad():
             t_pyr = [torch.from_numpy(t[idx].astype(np.float32)) for t in teacher]
             t_out = head.detect(t_pyr)
@@ -268,6 +296,7 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
             "imgsz": list(imgsz), "architecture": arch, "code_step": 1.0,
             "steps": step, "batch": batch, "rate_weight": rate_weight,
             "train_seconds": round(time.time() - t_start, 1), "threads": threads,
+            "precision": "bf16" if dtype is not None else "fp32", "sampling": "per footage, then per frame",
             "final": {"pyramid_nmse": round(float(m[0]), 5), "distill": round(float(m[1]), 5),
                       "x4_nmse": round(float(m[2]), 5), "bits_per_value": round(float(m[3]), 4)},
             "trained_on": spans, "fine_tuned_from": init,
