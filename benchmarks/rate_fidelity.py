@@ -38,6 +38,7 @@ from report import machine  # noqa: E402
 from split_infer.codec import make_decoder, make_encoder  # noqa: E402
 from split_infer.codec.basis import Basis, resolve  # noqa: E402
 from split_infer.codec.learned import LearnedModel  # noqa: E402
+from split_infer.codec.video import INNER  # noqa: E402
 from split_infer.model.export import video_frames  # noqa: E402
 from split_infer.model.postprocess import non_max_suppression  # noqa: E402
 from split_infer.model.preprocess import content, letterbox, parse_imgsz  # noqa: E402
@@ -335,6 +336,17 @@ def calibrate_basis(args, work: Path) -> dict:
             "command": "split-infer " + " ".join(cmd[3:]), "role": "per-camera calibration on this clip"}
 
 
+def inner_codecs(text: str) -> list[tuple[str, str]]:
+    """'h264:veryfast,hevc:fast' -> [("h264", "veryfast"), ("hevc", "fast")]."""
+    out = []
+    for item in text.split(","):
+        inner, _, preset = item.partition(":")
+        if inner not in INNER or not preset:
+            raise ValueError(f"want INNER:PRESET with INNER one of {sorted(INNER)}, got {item!r}")
+        out.append((inner, preset))
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", required=True)
@@ -350,13 +362,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "with --calibrate), temporal; --cross-basis and --reduction rows come on top")
     ap.add_argument("--cross-basis", action="append", default=[],
                     help="a basis calibrated on another clip (path or shipped name): the cross-camera row")
+    ap.add_argument("--reduction-inner", action="append", default=[], metavar="LABEL=INNER:PRESET,...",
+                    help="the inner codecs that code --reduction LABEL's latent, e.g. cam=h264:veryfast,hevc:fast "
+                         "(default h264:veryfast)")
     ap.add_argument("--reduction", action="append", default=[], metavar="LABEL=PATH",
-                    help="a learned bottleneck (split-infer codec train) coded by the video codec: family "
-                         "video-h264+LABEL; its training record comes from the model file")
+                    help="a learned bottleneck (split-infer codec train) coded by the video codec: families "
+                         "video-INNER+LABEL; its training record comes from the model file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", required=True)
     ap.add_argument("--plot")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    try:  # LABEL=INNER:PRESET,... -> {LABEL: [(inner, preset), ...]}, refused before the long run starts
+        args.reduction_inner = {label: inner_codecs(codecs)
+                                for label, _, codecs in (s.partition("=") for s in args.reduction_inner)}
+    except ValueError as e:
+        ap.error(f"--reduction-inner: {e}")
+    return args
 
 
 def video_variants(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, str, str, str | None]], list[dict]]:
@@ -387,7 +408,8 @@ def video_variants(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str
                          "threads": meta.get("threads")})
         copy = work / f"{label}.npz"  # where the decoder looks
         copy.write_bytes(Path(path).read_bytes())
-        variants.append((f"video-h264+{label}", "h264", "veryfast", str(copy)))
+        for inner, preset in args.reduction_inner.get(label, [("h264", "veryfast")]):
+            variants.append((f"video-{inner}+{label}", inner, preset, str(copy)))
     return variants, training
 
 

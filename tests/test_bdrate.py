@@ -64,3 +64,32 @@ def test_class_agnostic_matching_ignores_the_label() -> None:
     pred = [np.array([box(0, .8, 7)], np.float32)]  # a car called a truck
     assert FrameMatches(ref, pred, (2, 7)).ap() == 0.0
     assert FrameMatches(ref, pred, (2, 7), class_agnostic=True).ap() == pytest.approx(1.0)
+
+
+def test_rate_fidelity_names_each_inner_codec_of_a_learned_family(tmp_path, monkeypatch) -> None:
+    """`--reduction-inner cam=h264:veryfast,hevc:fast` sweeps cam's latent under both inner codecs,
+    as families video-h264+cam and video-hevc+cam; other reductions keep x264; an unknown inner
+    codec is refused."""
+    import argparse
+
+    import rate_fidelity
+
+    assert rate_fidelity.inner_codecs("h264:veryfast,hevc:fast") == [("h264", "veryfast"), ("hevc", "fast")]
+    for bad in ("vp9:fast", "hevc", "h264:"):
+        with pytest.raises(ValueError, match="INNER:PRESET"):
+            rate_fidelity.inner_codecs(bad)
+    model = tmp_path / "trained" / "m.npz"
+    model.parent.mkdir()
+    model.write_bytes(b"weights")
+    # the family list reads only the model's metadata
+    monkeypatch.setattr(rate_fidelity.LearnedModel, "load", lambda path: argparse.Namespace(meta={}))
+    args = rate_fidelity.parse_args(["--video", "x.mp4", "--json", "o.json", "--families", "x264",
+                                     "--reduction-inner", "cam=h264:veryfast,hevc:fast", "--reduction", f"cam={model}",
+                                     "--reduction", f"old={model}"])
+    variants, training = rate_fidelity.video_variants(args, tmp_path)
+    assert [(f, i, p) for f, i, p, _ in variants] == [("video-h264+cam", "h264", "veryfast"),
+                                                      ("video-hevc+cam", "hevc", "fast"),
+                                                      ("video-h264+old", "h264", "veryfast")]
+    assert [t["label"] for t in training] == ["cam", "old"]
+    with pytest.raises(SystemExit):  # refused at parse time, not after the reference detections
+        rate_fidelity.parse_args(["--video", "x.mp4", "--json", "o.json", "--reduction-inner", "cam=vp9:fast"])
