@@ -137,8 +137,10 @@ def test_cli_trains_and_fine_tunes_on_real_footage(tmp_path: Path, capsys) -> No
     video = street_video()
     base, tuned = tmp_path / "base.npz", tmp_path / "cam.npz"
     assert main(["train", "--footage", f"{video}@0:8/4", "--steps", "2", "--batch", "2", "--threads", "1",
-                 "--precision", "bf16", "--out", str(base)]) == 0
-    assert LearnedModel.load(base).meta["precision"] == "bf16"
+                 "--precision", "bf16", "--mirror", "--out", str(base)]) == 0
+    meta = LearnedModel.load(base).meta
+    assert meta["precision"] == "bf16" and meta["mirror"] is True
+    assert meta["trained_on"][0]["rows"] == [0, 4]  # frames 0 and 4, each with its mirror image
     assert main(["train", "--footage", f"{video}@8:12/4", "--init", str(base), "--steps", "1", "--batch", "2",
                  "--threads", "1", "--out", str(tuned)]) == 0
     m = LearnedModel.load(tuned)

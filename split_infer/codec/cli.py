@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=1, help="torch threads")
     t.add_argument("--precision", choices=TRAIN_PRECISIONS, default="auto",
                    help="forward passes in bf16 autocast (auto: where the CPU has AMX) or fp32")
+    t.add_argument("--mirror", action="store_true",
+                   help="also train on each frame's mirror image (twice the scenes from the same footage)")
     t.add_argument("--seed", type=int, default=0, help="random seed of the initialisation and the batches")
     c = sub.add_parser("calibrate", help="fit the video codec's channel reduction to a camera's footage (seconds)",
                        formatter_class=_Formatter)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
           batch=args.batch, lr=args.lr or (5e-4 if args.init else 2e-3), rate_weight=args.rate_weight,
           init=args.init, model_name=args.model, cut=args.cut, imgsz=parse_imgsz(args.imgsz),
           threads=args.threads, seed=args.seed, minutes=args.minutes,
-          steps=args.steps, precision=args.precision)
+          steps=args.steps, precision=args.precision, mirror=args.mirror)
     return 0
 
 

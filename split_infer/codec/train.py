@@ -61,10 +61,11 @@ def autocast_dtype(precision: Precision) -> torch.dtype | None:
 
 
 def collect_features(video: str, frames: tuple[int, int | None], every: int, model_name: str, cut: int,
-                     imgsz: tuple[int, int], log: Log = print
+                     imgsz: tuple[int, int], log: Log = print, mirror: bool = False
                      ) -> tuple[np.ndarray, str, CloudPart, tuple[int, int]]:
     """Edge features of frames [a, b) (every `every`-th) -> float16 array [N, C, H, W], the tensor's
-    name, the cloud part that reads it, and the frame span read."""
+    name, the cloud part that reads it, and the frame span read. `mirror` adds each frame's mirror
+    image after it (2N maps): more scenes from the same footage, with traffic running the other way."""
     edge, cloud = partition(load_model(model_name), cut)
     if len(edge.output_names) != 1:
         raise ValueError(f"cut {cut} sends {edge.output_names}; the learned bottleneck handles one tensor")
@@ -84,13 +85,15 @@ def collect_features(video: str, frames: tuple[int, int | None], every: int, mod
         if not ok:
             break
         if (i - a) % every == 0:
-            x = torch.from_numpy(letterbox(f, imgsz)[0][None])
-            with torch.no_grad():
-                feats.append(edge(x)[edge.output_names[0]][0].numpy().astype(np.float16))
+            image = letterbox(f, imgsz)[0]
+            for view in (image, image[..., ::-1].copy())[:1 + mirror]:  # [3, H, W]: flip the width axis
+                with torch.no_grad():
+                    x = edge(torch.from_numpy(view[None]))[edge.output_names[0]][0]
+                feats.append(x.numpy().astype(np.float16))
         i += 1
     if not feats:
         raise ValueError(f"{video}: no frames in [{a}, {b})")
-    log(f"collected {len(feats)} feature maps from frames {a}-{i - 1} of {video}")
+    log(f"collected {len(feats)} feature maps from frames {a}-{i - 1} of {video}{' and their mirrors' * mirror}")
     return np.stack(feats), edge.output_names[0], cloud, (a, i)
 
 
@@ -186,14 +189,14 @@ class Footage:
         return cls(m["video"], int(m["a"] or 0), int(m["b"]) if m["b"] else None, int(m["every"] or 1))
 
 
-def _teacher_set(footage: Sequence[Footage], model_name: str, cut: int, imgsz: tuple[int, int], log: Log
-                 ) -> tuple[np.ndarray, list[np.ndarray], str, Head, list[dict[str, Any]]]:
-    """x4 of every training frame and the teacher's pyramid features on it (float16)."""
+def _teacher_set(footage: Sequence[Footage], model_name: str, cut: int, imgsz: tuple[int, int], log: Log,
+                 mirror: bool = False) -> tuple[np.ndarray, list[np.ndarray], str, Head, list[dict[str, Any]]]:
+    """x4 of every training frame (and of its mirror image) and the teacher's pyramid features on it (float16)."""
     xs, pyr, spans = [], [], []
     head, tensor = None, ""
     for f in footage:
         feats, tensor, cloud, span = collect_features(f.video, (f.start, f.stop), f.every, model_name, cut, imgsz,
-                                                      log)
+                                                      log, mirror)
         head = head or Head(cloud)
         with torch.no_grad():
             for i in range(0, len(feats), 8):
@@ -220,14 +223,15 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
           res_blocks: int = 1, batch: int = 4, lr: float = 2e-3, rate_weight: float = 0.004,
           coarse_share: float = 0.5, init: str | None = None, model_name: str = "yolov5s", cut: int = 4,
           imgsz: tuple[int, int] = (640, 384), threads: int = 1, seed: int = 0, minutes: float = 60.0,
-          steps: int | None = None, precision: Precision = "auto", log: Log = print) -> dict[str, Any]:
+          steps: int | None = None, precision: Precision = "auto", mirror: bool = False,
+          log: Log = print) -> dict[str, Any]:
     """Train for `minutes` of wall clock (teacher features included), or exactly `steps` steps."""
     dtype = autocast_dtype(precision)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     t_start = time.time()
-    x4, teacher, tensor, head, spans = _teacher_set(footage, model_name, cut, imgsz, log)
+    x4, teacher, tensor, head, spans = _teacher_set(footage, model_name, cut, imgsz, log, mirror)
     log(f"teacher features of {len(x4)} frames in {time.time() - t_start:.0f}s")
     if init:
         from split_infer.codec.learned import LearnedModel
@@ -297,6 +301,7 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
             "steps": step, "batch": batch, "rate_weight": rate_weight,
             "train_seconds": round(time.time() - t_start, 1), "threads": threads,
             "precision": "bf16" if dtype is not None else "fp32", "sampling": "per footage, then per frame",
+            "mirror": mirror,
             "final": {"pyramid_nmse": round(float(m[0]), 5), "distill": round(float(m[1]), 5),
                       "x4_nmse": round(float(m[2]), 5), "bits_per_value": round(float(m[3]), 4)},
             "trained_on": spans, "fine_tuned_from": init,
