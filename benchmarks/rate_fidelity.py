@@ -40,9 +40,12 @@ from split_infer.codec.basis import Basis, resolve  # noqa: E402
 from split_infer.codec.learned import LearnedModel  # noqa: E402
 from split_infer.codec.video import INNER  # noqa: E402
 from split_infer.model.export import video_frames  # noqa: E402
+from split_infer.model.names import COCO_NAMES  # noqa: E402
 from split_infer.model.postprocess import non_max_suppression  # noqa: E402
 from split_infer.model.preprocess import content, letterbox, parse_imgsz  # noqa: E402
 
+# The reference ends: single points, not rate curves (with their plot markers).
+REFERENCE_ENDS = {"edge-whole-model": "*", "noise-floor": "D", "lossless-end": "P"}
 SATURATED = 0.995  # a sweep stops after two settings at or above this agreement
 BD_BOUNDS = (0.80, 0.99)
 
@@ -298,22 +301,31 @@ def plot(res: dict, path: str) -> None:
     fams: dict[str, list[dict]] = {}
     for r in res["rows"]:
         fams.setdefault(r["family"], []).append(r)
+    colours = plt.get_cmap("tab20").colors  # one colour per curve: the default cycle repeats after 10
+    curves = [f for f in fams if f not in REFERENCE_ENDS]
     for fam, rs in fams.items():
         rs = sorted(rs, key=lambda r: r["bytes_per_frame"])
         x = [r["bytes_per_frame"] / 1000 for r in rs]
         y = [r["agreement"] for r in rs]
         err = [[r["agreement"] - r["agreement_ci"][0] for r in rs], [r["agreement_ci"][1] - r["agreement"] for r in rs]]
+        if fam in REFERENCE_ENDS:  # single points, in black
+            ax.errorbar(x, y, yerr=err, fmt=REFERENCE_ENDS[fam], ms=7, color="black", label=fam)
+            continue
         style = "s--" if fam.startswith(("video", "temporal", "q8")) else "o-"
-        ax.errorbar(x, y, yerr=err, fmt=style, ms=3, lw=1, capsize=2, label=fam)
+        ax.errorbar(x, y, yerr=err, fmt=style, ms=3, lw=1, capsize=2, label=fam,
+                    color=colours[curves.index(fam) % len(colours)])
     for thr in (0.95, 0.97):
         ax.axhline(thr, color="grey", lw=0.6, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("kB per frame (log)")
-    ax.set_ylabel(f"agreement AP@0.5 vs unsplit fp32 (classes {res['classes']})")
+    classes = ", ".join(COCO_NAMES[c] for c in res["classes"])
+    ax.set_ylabel(f"agreement AP@0.5 vs unsplit fp32 ({classes})")
     f = res["frames"]
     bd = res["bd_rate"]
-    ax.set_title(f"{Path(f['video']).name}: frames {f['start']}-{f['start'] + f['count'] - 1}; "
-                 f"BD-rate vs x264 {bd.get('codec_vs_x264')}%, vs x265 {bd.get('codec_vs_x265')}%", fontsize=9)
+    best = "; ".join(f"{bd[f'codec_vs_{a}_pair']} {bd[f'codec_vs_{a}']:+.1f}%" for a in ("x264", "x265")
+                     if bd.get(f"codec_vs_{a}") is not None)
+    ax.set_title(f"{Path(f['video']).name}: frames {f['start']}-{f['start'] + f['count'] - 1}. "
+                 f"Best BD-rate: {best or 'none'}", fontsize=8)
     ax.set_ylim(0.5, 1.005)
     ax.grid(True, which="both", lw=0.3)
     ax.legend(fontsize=7, loc="lower right")
@@ -459,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         video_fams, training = run_families(b, args, fams, Path(tmp))
     rows = b.rows
-    curve_rows = [r for r in rows if r["family"] not in ("edge-whole-model", "noise-floor", "lossless-end")]
+    curve_rows = [r for r in rows if r["family"] not in REFERENCE_ENDS]
     res = {"benchmark": "rate_fidelity",
            "frames": {"video": args.video, "start": args.calibrate, "count": len(frames), "scored": len(b.scored),
                       "score_every": args.score_every, "fps": round(fps, 3)},
