@@ -17,7 +17,7 @@ from split_infer.codec.learned import LearnedModel
 from split_infer.model.preprocess import parse_imgsz
 from split_infer.service import HelpFormatter
 
-# train.Precision's values, spelled here so that `--help` needs no torch (tests/test_codec_train.py checks they agree)
+# train.Precision's values, spelled here so that `--help` needs no torch (tests/test_codec_learned.py checks they agree)
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 

@@ -51,8 +51,8 @@ Precision = Literal["auto", "fp32", "bf16"]
 
 
 def autocast_dtype(precision: Precision) -> torch.dtype | None:
-    """bfloat16 for `bf16`, and for `auto` where the CPU has AMX (bf16 without AMX is emulated
-    and slower than float32); None means float32."""
+    """bfloat16 for `bf16`, and for `auto` where the CPU has AMX, the case measured faster (0.44 s
+    against 0.86 s per step); without AMX bf16 has no matrix unit to gain from. None means float32."""
     if precision == "auto":
         from split_infer.model.macs import read_cpuinfo
 
