@@ -86,7 +86,8 @@ def collect_features(video: str, frames: tuple[int, int | None], every: int, mod
             break
         if (i - a) % every == 0:
             image = letterbox(f, imgsz)[0]
-            for view in (image, image[..., ::-1].copy())[:1 + mirror]:  # [3, H, W]: flip the width axis
+            views = [image, image[..., ::-1].copy()] if mirror else [image]  # [3, H, W]: flip the width axis
+            for view in views:
                 with torch.no_grad():
                     x = edge(torch.from_numpy(view[None]))[edge.output_names[0]][0]
                 feats.append(x.numpy().astype(np.float16))
@@ -227,6 +228,10 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
           log: Log = print) -> dict[str, Any]:
     """Train for `minutes` of wall clock (teacher features included), or exactly `steps` steps."""
     dtype = autocast_dtype(precision)
+
+    def forward_precision() -> torch.autocast:  # the forward passes' precision (a no-op for fp32)
+        return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -267,7 +272,7 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * done))
         idx = draw_frames(rng, spans, batch)
         x = torch.from_numpy(x4[idx].astype(np.float32))
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with forward_precision():
             y = net.encode(x).float()
         # As the video codec will: integer codes, and on part of the batch a coarser step.
         step_size = torch.from_numpy(np.where(rng.random(batch) < coarse_share,
@@ -275,7 +280,7 @@ def train(footage: Sequence[Footage], out: str, channels: int = 16, hidden: int 
         step_size = step_size.view(-1, 1, 1, 1)
         y_hat = y + (torch.round(y / step_size) * step_size - y).detach()
         bits = net.bits(y + torch.empty_like(y).uniform_(-0.5, 0.5)).mean()
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with forward_precision():
             x_hat = net.decode(y_hat)
             s_out, pyramid = head(x_hat)
         x_hat, s_out, pyramid = x_hat.float(), s_out.float(), [p.float() for p in pyramid]
